@@ -1,0 +1,14 @@
+"""The typer application object; command modules register themselves on it."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="exlx-autocfg",
+    help="Probe GPUs and the GPU stack, plan the best ExLlamaV2 settings, write and apply profiles.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
