@@ -4,16 +4,26 @@ Facts are gathered at the edges (NVML/ROCm in the CLI's process, `probe/exlx_pro
 that will run the model) and are the only input the planner and the checks read about the machine.
 What-if planning (`--gpu`, `--assume`) builds the same document from the tables in `profiles/`.
 
-Library `details` keys (set by the probe; absent when unknown):
-- torch: cuda_version ("12.1"|None), hip_version, cuda_available (bool), device_count (int),
-  devices ([{index, name, capability "8.6", total_memory}]), arch_list (["sm_80", ...]),
-  has_causal_lower_right (bool), cudnn_version (int|None), cxx11_abi (bool|None)
+Library `details` keys (set by the probe; absent when unknown). The libraries dict is keyed by the
+target name (torch, xformers, flash-attn, exllamav2, exllamav3, mslk, triton); docs/facts-schema.md has
+the full schema with examples.
+- every imported library: module_version (`__version__` as imported), warnings ([str], each condensed to
+  one line, at most 10); distribution (when the dist name differs, e.g. pytorch-triton)
+- torch: version, cuda_version ("12.1"|None), hip_version, cuda_available (bool), device_count (int),
+  devices ([{index, name, capability "8.6", total_memory, multi_processor_count, uuid?, pci_bus_id?,
+  gcn_arch? (ROCm)}]), arch_list (["sm_80", ...]), has_causal_lower_right (bool), cudnn_version (int|None),
+  cxx11_abi (bool|None)
 - xformers: import_paths ({dotted path: bool}), import_path_errors ({path: first error line}),
-  has_cpp_library (bool), cpp_load_error (str|None), built_for ({torch, cuda, python, hip}),
-  flash_version_error (str|None), warnings ([str])
-- flash_attn: features ({window_size, softcap, kvcache, paged} bools), cuda_module_error (str|None)
-- exllamav2: ext ("prebuilt" | "prebuilt-broken" | "jit-cached" | "jit-needed"), ext_error (str|None),
-  jit ({nvcc, nvcc_version, ninja, compiler, cache_dir, torch_cuda_version})
+  has_cpp_library (bool), cpp_load_error (str|None: the innermost load error, e.g. the dlopen message),
+  built_for ({torch, cuda "12.1", python, hip, flash?} from cpp_lib.json, read without importing),
+  built_for_warning (str|None: xformers' "can't load C++/CUDA extensions ... built for ..." warning),
+  flash_version_error (str|None), flash_version (str|None: FLASH_VERSION of its flash op), warnings
+- flash-attn: features ({window_size, softcap, kvcache, paged} bools), cuda_module_error (str|None),
+  func_error (str|None)
+- exllamav2 / exllamav3 (never imported: that would JIT-compile): ext ("prebuilt" | "prebuilt-broken" |
+  "jit-cached" | "jit-needed"), ext_path (str|None), ext_error (str|None), ext_loaded (bool, when loaded),
+  jit ({nvcc, nvcc_version, ninja, ninja_on_path, compiler, cache_dir, torch_cuda_version,
+  torch_hip_version})
 """
 
 from __future__ import annotations
@@ -109,6 +119,7 @@ class Facts:
     created: str = ""  # ISO 8601 UTC
     tool_version: str = ""
     probe_seconds: float | None = None
+    probe_cached: str | None = None  # import results reused from the probe cache: when they were taken (UTC)
     schema: int = FACTS_SCHEMA
 
     def lib(self, name: str) -> LibraryFacts:

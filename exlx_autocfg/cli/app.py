@@ -12,3 +12,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
+
+
+@app.callback()
+def _root() -> None:
+    """Probe GPUs and the GPU stack, plan the best ExLlamaV2 settings, write and apply profiles."""
+    # A callback keeps `app` a group even when only one command module is loaded (see cli.run).

@@ -1,5 +1,181 @@
-"""`exlx-autocfg emit`: placeholder until its issue lands."""
+"""`exlx-autocfg emit`: render a profile, or a fresh plan for a model, as another tool's configuration.
+
+    exlx-autocfg emit --format FORMAT PROFILE.toml [--out PATH]
+    exlx-autocfg emit --format FORMAT MODEL [plan options] [--out PATH]
+
+SOURCE is a profile when it names a file (or ends in .toml), else a model directory or catalog reference
+that is planned on the spot with the usual plan options. Without --out the result goes to stdout and any
+note the format cannot carry as a comment goes to stderr. With --out, YAML formats are merged into an
+existing file (only the keys exlx-autocfg owns change; a .bak copy is kept) and other formats replace
+the file; every write is atomic. --out may name a directory: the target's usual file name is used.
+"""
 
 from __future__ import annotations
 
-from exlx_autocfg.cli.app import app  # noqa: F401
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from exlx_autocfg.cli.app import app
+from exlx_autocfg.cli.planopts import (
+    DEFAULT_MARGIN_MIB,
+    AssumeOpt,
+    BackendOpt,
+    BatchOpt,
+    BpwOpt,
+    BudgetOpt,
+    CacheOpt,
+    ChunkOpt,
+    ContextOpt,
+    GpuOpt,
+    MarginOpt,
+    MinCacheOpt,
+    PythonOpt,
+)
+from exlx_autocfg.errors import UsageError
+from exlx_autocfg.plan_types import Plan
+
+if TYPE_CHECKING:
+    from exlx_autocfg.emitters import Emitted
+
+# The file each target reads, for `--out DIRECTORY`.
+DEFAULT_FILE = {
+    "tabbyapi": "config.yml",
+    "tabbyapi-model": "tabby_config.yml",
+    "textgen": "config-user.yaml",
+    "textgen-flags": "CMD_FLAGS.txt",
+    "exllamav2-args": "exllamav2-args.txt",
+    "env": "exlx-env.sh",
+    "json": "exlx-plan.json",
+}
+_ENV_SUFFIX = {"sh": ".sh", "fish": ".fish", "powershell": ".ps1"}
+
+
+def _is_profile(source: str) -> bool:
+    path = Path(source)
+    return path.suffix == ".toml" or path.is_file()
+
+
+def _target_path(out: Path, fmt: str, shell: str) -> Path:
+    if not out.is_dir():
+        return out
+    name = DEFAULT_FILE[fmt]
+    if fmt == "env":
+        name = "exlx-env" + _ENV_SUFFIX[shell]
+    return out / name
+
+
+SourceArg = Annotated[
+    str, typer.Argument(help="A profile file, or a model directory / catalog reference to plan now.",
+                        show_default=False),
+]
+FormatOpt = Annotated[
+    str | None, typer.Option("--format", "-f", show_default=False,
+                      help="tabbyapi | tabbyapi-model | textgen | textgen-flags | exllamav2-args | env | "
+                      "json"),
+]
+OutOpt = Annotated[
+    Path | None, typer.Option("--out", "-o", show_default=False,
+                              help="Write (YAML: merge) into this file or directory instead of stdout."),
+]
+ShellOpt = Annotated[str, typer.Option("--shell", help="For --format env: sh | fish | powershell.")]
+ScriptOpt = Annotated[
+    str, typer.Option("--script", help="For --format exllamav2-args: chat | humaneval | mmlu (these take "
+                      "cache flags) | model_init (any other script)."),
+]
+
+
+@app.command()
+def emit(
+    source: SourceArg,
+    fmt: FormatOpt = None,
+    out: OutOpt = None,
+    shell: ShellOpt = "sh",
+    script: ScriptOpt = "chat",
+    gpu: GpuOpt = None,
+    assume: AssumeOpt = None,
+    context: ContextOpt = None,
+    cache: CacheOpt = None,
+    backend: BackendOpt = None,
+    min_cache_precision: MinCacheOpt = None,
+    budget: BudgetOpt = "total",
+    margin_mib: MarginOpt = DEFAULT_MARGIN_MIB,
+    batch_size: BatchOpt = 1,
+    chunk_size: ChunkOpt = None,
+    bpw: BpwOpt = None,
+    python: PythonOpt = None,
+) -> int:
+    """Write a plan as TabbyAPI / text-generation-webui config, exllamav2 script flags, shell env or JSON."""
+    from exlx_autocfg.emitters import FORMATS, check_options
+    from exlx_autocfg.emitters import emit as render
+
+    if fmt is None:
+        raise UsageError(f"--format is required (choose from {', '.join(FORMATS)})")
+    check_options(fmt, shell, script)  # before any planning or probing
+    if _is_profile(source):
+        given = [name for name, value in (("--gpu", gpu), ("--assume", assume), ("--context", context),
+                                          ("--cache", cache), ("--backend", backend),
+                                          ("--min-cache-precision", min_cache_precision),
+                                          ("--chunk-size", chunk_size), ("--bpw", bpw), ("--python", python),
+                                          ("--budget", budget != "total"),
+                                          ("--margin-mib", margin_mib != DEFAULT_MARGIN_MIB),
+                                          ("--batch-size", batch_size != 1)) if value]
+        if given:
+            raise UsageError(f"{source} is a profile: {', '.join(given)} apply only to a MODEL "
+                             "(re-create the profile to change them)")
+        plan, machine_gpus = _from_profile(source)
+    else:
+        from exlx_autocfg.cli.planopts import facts_from_options, plan_from_options
+
+        facts = facts_from_options(gpu=gpu, assume=assume, python=python)
+        plan = plan_from_options(source, facts=facts, context=context, cache=cache, backend=backend,
+                                 min_cache_precision=min_cache_precision, budget=budget,
+                                 margin_mib=margin_mib, batch_size=batch_size, chunk_size=chunk_size, bpw=bpw)
+        machine_gpus = len(facts.gpu.gpus)
+
+    result = render(plan, fmt, shell=shell, script=script, include_plan=not _is_profile(source),
+                    machine_gpu_count=machine_gpus)
+    for note in result.notes:
+        print(f"exlx-autocfg: note: {note}", file=sys.stderr)
+    if out is None:
+        sys.stdout.write(result.text)
+    else:
+        _write(result, _target_path(out, fmt, shell))
+    return 0
+
+
+def _from_profile(source: str) -> tuple[Plan, int]:
+    from exlx_autocfg.emitters.from_profile import plan_from_profile
+    from exlx_autocfg.profile import read_profile
+
+    return plan_from_profile(read_profile(source))
+
+
+def _write(result: Emitted, target: Path) -> None:
+    from exlx_autocfg.emitters.output import read_text, write_text_atomic
+    from exlx_autocfg.emitters.yaml_merge import merge_into_file
+
+    existed = target.exists()
+    backup = f" (previous file kept as {target.name}.bak)" if existed else ""
+    if result.merge_section is not None:
+        values = dict(result.merge_values or {})
+        if result.format == "tabbyapi":
+            from exlx_autocfg.emitters.tabbyapi import keep_model_dir
+
+            values = keep_model_dir(values, read_text(target, missing_ok=True), target.parent)
+        merge_into_file(target, result.merge_section, values, result.header)
+        where = ".".join(result.merge_section)
+        print(f"exlx-autocfg: wrote {len(values)} keys under {where!r} in {target}{backup}", file=sys.stderr)
+        return
+    old = read_text(target, missing_ok=True)
+    text = result.file_text or result.text
+    if result.block_merge:
+        from exlx_autocfg.emitters.output import merge_block
+
+        text = merge_block(old, text, str(target))
+    if old is not None:
+        write_text_atomic(target.with_name(target.name + ".bak"), old)
+    write_text_atomic(target, text)
+    print(f"exlx-autocfg: wrote {target}{backup}", file=sys.stderr)

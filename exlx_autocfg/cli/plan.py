@@ -1,5 +1,87 @@
-"""`exlx-autocfg plan`: placeholder until its issue lands."""
+"""`exlx-autocfg plan MODEL`: plan backend, cache mode, context, chunk size and GPU split, and say why."""
 
 from __future__ import annotations
 
-from exlx_autocfg.cli.app import app  # noqa: F401
+import sys
+from typing import Annotated
+
+import typer
+
+from exlx_autocfg.cli.app import app
+from exlx_autocfg.cli.planopts import (
+    DEFAULT_MARGIN_MIB,
+    AssumeOpt,
+    BackendOpt,
+    BatchOpt,
+    BpwOpt,
+    BudgetOpt,
+    CacheOpt,
+    ChunkOpt,
+    ContextOpt,
+    GpuOpt,
+    MarginOpt,
+    MinCacheOpt,
+    ModelArg,
+    PythonOpt,
+    plan_from_options,
+)
+
+
+def _list_gpus(value: bool) -> None:
+    if not value:
+        return
+    from exlx_autocfg.gpu_table import gpu_table
+
+    for row in gpu_table():
+        arch = f"CC {row.cc}" if row.cc else row.gfx
+        print(f"{row.id:18} {row.name:40} {row.memory_mib:>7} MiB  {arch:8} {row.architecture}")
+    raise typer.Exit(0)
+
+
+@app.command("plan")
+def plan_command(
+    model: ModelArg,
+    gpu: GpuOpt = None,
+    assume: AssumeOpt = None,
+    context: ContextOpt = None,
+    cache: CacheOpt = None,
+    backend: BackendOpt = None,
+    min_cache_precision: MinCacheOpt = None,
+    budget: BudgetOpt = "total",
+    margin_mib: MarginOpt = DEFAULT_MARGIN_MIB,
+    batch_size: BatchOpt = 1,
+    chunk_size: ChunkOpt = None,
+    bpw: BpwOpt = None,
+    python: PythonOpt = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the plan as one JSON document.")] = False,
+    list_gpus: Annotated[
+        bool,
+        typer.Option(
+            "--list-gpus", help="List the GPU table for --gpu and exit.", is_eager=True, callback=_list_gpus
+        ),
+    ] = False,
+) -> None:
+    """Plan the best ExLlamaV2 settings for MODEL on this machine (or a what-if machine), with reasons."""
+    plan = plan_from_options(
+        model,
+        gpu=gpu,
+        assume=assume,
+        context=context,
+        cache=cache,
+        backend=backend,
+        min_cache_precision=min_cache_precision,
+        budget=budget,
+        margin_mib=margin_mib,
+        batch_size=batch_size,
+        chunk_size=chunk_size,
+        bpw=bpw,
+        python=python,
+    )
+    if json_out:
+        sys.stdout.write(plan.to_json() + "\n")
+        return
+    from rich.console import Console
+
+    from exlx_autocfg.render import print_plan
+
+    print_plan(plan, Console(width=max(Console().width, 120)))

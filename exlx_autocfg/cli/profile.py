@@ -1,5 +1,283 @@
-"""`exlx-autocfg profile`: placeholder until its issue lands."""
+"""`exlx-autocfg profile` (plan and write a profile), `show` (print one readably), `verify` (is it stale?)."""
 
 from __future__ import annotations
 
-from exlx_autocfg.cli.app import app  # noqa: F401
+import contextlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from exlx_autocfg.cli.app import app
+from exlx_autocfg.cli.planopts import (
+    DEFAULT_MARGIN_MIB,
+    AssumeOpt,
+    BackendOpt,
+    BatchOpt,
+    BpwOpt,
+    BudgetOpt,
+    CacheOpt,
+    ChunkOpt,
+    ContextOpt,
+    GpuOpt,
+    MarginOpt,
+    MinCacheOpt,
+    ModelArg,
+    PythonOpt,
+    facts_from_options,
+    plan_from_options,
+)
+from exlx_autocfg.errors import EXIT_NEGATIVE, EXIT_OK
+from exlx_autocfg.loader import CACHE_CLASSES, ENV_SWITCHES
+from exlx_autocfg.profile import Profile, default_profile_path, profile_from_plan, read_profile, write_profile
+
+GIB = 1024**3
+ProfileArg = Annotated[Path, typer.Argument(help="A profile file written by `exlx-autocfg profile`.")]
+
+
+@app.command("profile")
+def profile_command(
+    model: ModelArg,
+    out: Annotated[Path | None, typer.Option("--out", help="Write the profile here (default: one file per "
+                                             "model and machine in the user config dir).",
+                                             show_default=False)] = None,
+    gpu: GpuOpt = None,
+    assume: AssumeOpt = None,
+    context: ContextOpt = None,
+    cache: CacheOpt = None,
+    backend: BackendOpt = None,
+    min_cache_precision: MinCacheOpt = None,
+    budget: BudgetOpt = "total",
+    margin_mib: MarginOpt = DEFAULT_MARGIN_MIB,
+    batch_size: BatchOpt = 1,
+    chunk_size: ChunkOpt = None,
+    bpw: BpwOpt = None,
+    python: PythonOpt = None,
+) -> int:
+    """Plan (same options as `plan`) and write the profile the loader applies."""
+    facts = facts_from_options(gpu=gpu, assume=assume, python=python)
+    plan = plan_from_options(model, context=context, cache=cache, backend=backend,
+                             min_cache_precision=min_cache_precision, budget=budget, margin_mib=margin_mib,
+                             batch_size=batch_size, chunk_size=chunk_size, bpw=bpw, facts=facts)
+    profile = profile_from_plan(plan, facts)
+    path = out or default_profile_path(plan.model.name, plan.model.fingerprint, profile.computed_for.machine)
+    write_profile(profile, path)
+    typer.echo(f"wrote {path}")
+    typer.echo(f"  {settings_line(profile)}")
+    for warning in profile.warnings:
+        typer.echo(f"  warning: {warning}")
+    return EXIT_OK
+
+
+@app.command("show")
+def show_command(profile_path: ProfileArg) -> int:
+    """Print a profile readably: the settings, what they were computed for, and why."""
+    profile = read_profile(profile_path)
+    typer.echo(render_show(profile, str(profile_path)))
+    return EXIT_OK
+
+
+@app.command("verify")
+def verify_command(
+    profile_path: ProfileArg,
+    python: Annotated[str | None, typer.Option("--python", help="Interpreter to probe (default: the one the "
+                                               "profile was computed for, when it still exists).",
+                                               show_default=False)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable result.")] = False,
+) -> int:
+    """Compare a profile with this machine now; exit 1 when it is stale, 0 when it is current."""
+    from exlx_autocfg.detection import detect
+    from exlx_autocfg.staleness import find_changes
+
+    profile = read_profile(profile_path)
+    recorded = profile.computed_for.python
+    note = None
+    if python is None and recorded:
+        if Path(recorded).exists():
+            python = recorded
+        else:
+            note = f"the profile's interpreter {recorded} no longer exists: probed this one instead"
+    facts = detect(python=python)
+    fingerprint, exists = model_fingerprint(profile)
+    changes = find_changes(profile, facts, fingerprint, model_dir_exists=exists)
+    if as_json:
+        typer.echo(json.dumps({
+            "profile": str(profile_path),
+            "current": not changes,
+            "python": facts.python.executable,
+            "note": note,
+            "changes": [{"kind": c.kind, "subject": c.subject, "message": c.message} for c in changes],
+        }, indent=2))
+        return EXIT_NEGATIVE if changes else EXIT_OK
+    if note:
+        typer.echo(f"note: {note}")
+    if changes:
+        typer.echo(f"stale: {profile_path}")
+        for change in changes:
+            typer.echo(f"  - {change.message}")
+        typer.echo(f"  re-plan with: {replan_command(profile, profile_path)}")
+    else:
+        typer.echo(f"current: {profile_path} matches this machine, its libraries and the model")
+    return EXIT_NEGATIVE if changes else EXIT_OK
+
+
+@app.command("prepare")
+def prepare_command(
+    model: Annotated[str, typer.Argument(help="Model directory (config.json + *.safetensors).")],
+    profile_path: Annotated[Path | None, typer.Option("--profile", help="Profile to apply (default: the one "
+                                                      "for this model and machine; made when missing).",
+                                                      show_default=False)] = None,
+    on_stale: Annotated[str, typer.Option("--on-stale", help="When the profile no longer matches: replan "
+                                          "(and rewrite it), refuse (exit 1) or warn (use it anyway).")
+                        ] = "replan",
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable result.")] = False,
+) -> int:
+    """Dry run of the loader: check the profile, set the switches, build the real ExLlamaV2Config, and print
+    what `exlx_autocfg.load()` would load, without touching a GPU (this interpreter must have exllamav2)."""
+    import warnings
+
+    from exlx_autocfg.loader import StaleProfileWarning, prepare
+
+    # exllamav2 prints notices on stdout when imported: keep stdout for our output (and valid JSON).
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
+        warnings.simplefilter("ignore", StaleProfileWarning)  # the same lines are printed from `notes`
+        p = prepare(model, profile_path, on_stale=on_stale)
+    c = p.config
+    result = {
+        "profile": str(p.profile_path) if p.profile_path else None,
+        "stale": [ch.message for ch in p.changes],
+        "replanned": p.replanned,
+        "backend": p.backend,
+        "env": {var: var in os.environ for var in ENV_SWITCHES.values()},
+        "config": {k: getattr(c, k) for k in ("max_seq_len", "max_input_len", "max_attention_size",
+                                              "max_batch_size", "no_flash_attn", "no_xformers", "no_sdpa")},
+        "cache_class": p.cache_class.__name__,
+        "gpu_split": p.gpu_split,
+        "autosplit": p.autosplit,
+        "reserve_vram": p.reserve_vram,
+        "paged": p.paged,
+        "notes": p.notes,
+    }
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return EXIT_OK
+    typer.echo(f"profile   {result['profile'] or '(given)'}" + ("  (re-planned)" if p.replanned else ""))
+    for note in p.notes:
+        typer.echo(f"  {note}")
+    env = [var for var, present in result["env"].items() if present]
+    typer.echo(f"env       {' '.join(f'{v}=1' for v in env) or '(no EXLLAMA_NO_* switch)'}")
+    typer.echo("config    " + ", ".join(f"{k}={v}" for k, v in result["config"].items()))
+    typer.echo(f"cache     {result['cache_class']}(model, max_seq_len={c.max_seq_len}, lazy={p.autosplit})")
+    if p.autosplit:
+        typer.echo(f"load      model.load_autosplit(cache, reserve_vram={p.reserve_vram})")
+    else:
+        typer.echo(f"load      model.load(gpu_split={p.gpu_split})")
+    batch = p.max_batch_size if p.paged else 1
+    typer.echo(f"generator ExLlamaV2DynamicGenerator(paged={p.paged}, max_batch_size={batch}); "
+               f"attention: {p.backend}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+def model_fingerprint(profile: Profile) -> tuple[str | None, bool]:
+    """(the model's fingerprint now, whether its directory still exists); catalog models have no directory."""
+    model_dir = profile.computed_for.model.dir
+    if not model_dir:
+        return None, True
+    if not Path(model_dir).is_dir():
+        return None, False
+    from exlx_autocfg.modelspec import load_model_spec
+
+    return load_model_spec(model_dir).fingerprint, True
+
+
+# Plan request keys -> `profile` options, with the defaults that need not be repeated.
+_REQUEST_FLAGS = {"context": ("--context", None), "cache": ("--cache", None), "backend": ("--backend", None),
+                  "min_cache_precision": ("--min-cache-precision", None), "budget": ("--budget", "total"),
+                  "margin_mib": ("--margin-mib", DEFAULT_MARGIN_MIB), "batch_size": ("--batch-size", 1),
+                  "chunk_size": ("--chunk-size", None)}
+
+
+def replan_command(profile: Profile, path: Path) -> str:
+    """The `exlx-autocfg profile` command that re-plans this profile with the options it was made with."""
+    import shlex
+
+    model = profile.computed_for.model.dir or profile.computed_for.model.name
+    args = ["exlx-autocfg", "profile", model]
+    for key, value in profile.request.items():
+        flag, default = _REQUEST_FLAGS.get(key, (None, None))
+        if flag and value != default:
+            args += [flag, str(value)]
+    if profile.computed_for.python:
+        args += ["--python", profile.computed_for.python]
+    return shlex.join([*args, "--out", str(path)])
+
+
+def settings_line(profile: Profile) -> str:
+    s = profile.settings
+    split = (f"gpu_split {s.gpu_split}" if s.gpu_split else "autosplit" if s.autosplit else "one GPU")
+    return (f"{s.backend}, {s.cache_mode} cache, max_seq_len {s.max_seq_len}, chunk {s.max_input_len}, "
+            f"{'paged' if s.paged else 'unpaged'}, {split}")
+
+
+def render_show(profile: Profile, source: str) -> str:
+    s, cf = profile.settings, profile.computed_for
+    env = [var for key, var in ENV_SWITCHES.items() if getattr(s, key)]
+    if s.gpu_split:
+        split = f"gpu_split {', '.join(f'{x:g}' for x in s.gpu_split)} GB (weights per GPU, CUDA order)"
+    elif s.autosplit:
+        reserve = ", ".join(f"{b / 1024**2:.0f} MiB" for b in s.reserve_bytes) or "exllamav2 defaults"
+        split = f"autosplit, reserves {reserve}"
+    else:
+        split = "one GPU (the first CUDA device)"
+    generator = (f"paged, up to {s.max_batch_size} concurrent sequences" if s.paged
+                 else "unpaged (batch 1: paged mode needs flash-attn >= 2.5.7)")
+    rows: list[tuple[str, Any]] = [
+        ("backend", f"{s.backend}" + (f"  (sets {', '.join(env)})" if env else "")),
+        ("cache_mode", f"{s.cache_mode}  ({CACHE_CLASSES[s.cache_mode]})"),
+        ("max_seq_len", s.max_seq_len),
+        ("max_input_len", f"{s.max_input_len}  (chunk size)"),
+        ("max_attention_size", s.max_attention_size),
+        ("max_batch_size", s.max_batch_size),
+        ("generator", generator),
+        ("split", split),
+    ]
+    lines = [f"profile {source}  (schema {profile.schema}, exlx-autocfg {profile.tool_version}, "
+             f"created {profile.created})", ""]
+    lines.append("settings")
+    lines += [f"  {k:<19} {v}" for k, v in rows]
+    lines += ["", "computed for"]
+    fp = (cf.model.fingerprint or "none")[:12]
+    lines.append(f"  model      {cf.model.name}  ({cf.model.dir or 'catalog'}, fingerprint {fp})")
+    for g in cf.gpus:
+        cc = f", CC {g.compute_capability}" if g.compute_capability else ""
+        used = "" if g.used else "  (not used)"
+        lines.append(f"  GPU {g.index:<6} {g.name}  ({g.memory_total / GIB:.1f} GiB{cc}"
+                     f"{', ' + g.uuid if g.uuid else ''}){used}")
+    if not cf.gpus:
+        lines.append("  GPUs       none")
+    libs = []
+    for name, lib in cf.libraries.items():
+        if not lib.installed:
+            libs.append(f"{name} not installed")
+            continue
+        state = "" if lib.import_status in ("ok", "not-tried") else f" [{lib.import_status}]"
+        ext = f" ({lib.ext})" if lib.ext else ""
+        libs.append(f"{name} {lib.version}{ext}{state}")
+    lines.append(f"  libraries  {', '.join(libs)}")
+    lines.append(f"  python     {cf.python} {cf.python_version}" + ("  (what-if)" if cf.what_if else ""))
+    if profile.reasons:
+        lines += ["", "why"]
+        for r in profile.reasons:
+            lines.append(f"  {r.decision}: {r.choice} - {r.why}")
+            for alt, why in r.rejected.items():
+                lines.append(f"      not {alt}: {why}")
+    if profile.warnings:
+        lines += ["", "warnings"] + [f"  - {w}" for w in profile.warnings]
+    return "\n".join(lines)
+

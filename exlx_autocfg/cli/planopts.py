@@ -1,0 +1,186 @@
+"""The plan options shared by `plan`, `profile` and `emit`, and one function that turns them into a Plan.
+
+Use in a command:
+
+    @app.command()
+    def emit(model: ModelArg, gpu: GpuOpt = None, assume: AssumeOpt = None,
+             context: ContextOpt = None, cache: CacheOpt = None, backend: BackendOpt = None,
+             min_cache_precision: MinCacheOpt = None, budget: BudgetOpt = "total",
+             margin_mib: MarginOpt = DEFAULT_MARGIN_MIB, batch_size: BatchOpt = 1,
+             chunk_size: ChunkOpt = None, bpw: BpwOpt = None, python: PythonOpt = None, ...):
+        plan = plan_from_options(model, gpu=gpu, assume=assume, context=context, cache=cache, ...)
+
+`plan_from_options` is the stable entry point (keyword-only after MODEL); `facts_from_options` gives the
+facts alone (for commands that record them, like `profile`).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from exlx_autocfg.facts import Facts
+from exlx_autocfg.plan_types import Plan
+from exlx_autocfg.planner import DEFAULT_MARGIN_MIB
+
+__all__ = [
+    "DEFAULT_MARGIN_MIB",
+    "AssumeOpt",
+    "BackendOpt",
+    "BatchOpt",
+    "BpwOpt",
+    "BudgetOpt",
+    "CacheOpt",
+    "ChunkOpt",
+    "ContextOpt",
+    "GpuOpt",
+    "MarginOpt",
+    "MinCacheOpt",
+    "ModelArg",
+    "PythonOpt",
+    "facts_from_options",
+    "plan_from_options",
+]
+
+ModelArg = Annotated[
+    str,
+    typer.Argument(
+        metavar="MODEL",
+        help="Model directory (config.json + *.safetensors) or catalog reference, e.g. yi-34b@4.0bpw."
+    ),
+]
+GpuOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--gpu",
+        help="What-if: plan for this GPU from the table instead of this machine's; NAME or "
+        "NAMExN, repeatable (e.g. --gpu 3090x2 --gpu p40).",
+        show_default=False,
+    ),
+]
+AssumeOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--assume",
+        help="What-if: assume PKG==VERSION (torch, exllamav2, flash-attn, xformers; "
+        "VERSION 'none' = not installed), repeatable.",
+        show_default=False,
+    ),
+]
+ContextOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--context",
+        help="Target context in tokens (default: the model's max_position_embeddings).",
+        show_default=False,
+    ),
+]
+CacheOpt = Annotated[
+    str | None, typer.Option("--cache", help="Force the cache mode: FP16, Q8, Q6 or Q4.", show_default=False)
+]
+BackendOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--backend",
+        help="Force the attention backend: flash_attn, xformers, sdpa, matmul (or auto); "
+        "refused with reasons when it is not valid here.",
+        show_default=False,
+    ),
+]
+MinCacheOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--min-cache-precision",
+        help="Never choose a cache coarser than this (FP16, Q8, Q6, Q4).",
+        show_default=False,
+    ),
+]
+BudgetOpt = Annotated[
+    str,
+    typer.Option(
+        "--budget", help="Plan against each GPU's total VRAM or the VRAM free right now (total|free)."
+    ),
+]
+MarginOpt = Annotated[int, typer.Option("--margin-mib", help="Safety margin kept free on every GPU, MiB.")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", help="Cache batch size (max_batch_size).")]
+ChunkOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--chunk-size",
+        help="Force max_input_len (a multiple of 256; default: chosen to fit).",
+        show_default=False,
+    ),
+]
+BpwOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--bpw", help="Bits per weight for a catalog model (same as MODEL@BPW).", show_default=False
+    ),
+]
+PythonOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--python",
+        help="Interpreter that will run exllamav2 (its libraries are probed); default: this one.",
+        show_default=False,
+    ),
+]
+
+
+def facts_from_options(
+    *,
+    gpu: list[str] | None = None,
+    assume: list[str] | None = None,
+    python: str | None = None,
+) -> Facts:
+    """Facts for a plan: from the GPU table when `--gpu` is given (libraries: the default what-if stack, the
+    attention libraries recommended for those GPUs, then `--assume`), else `detect()` on this machine for
+    `python` (with `--assume` applied on top)."""
+    from exlx_autocfg.gpu_table import what_if_facts
+
+    if gpu:
+        return what_if_facts(gpu, assume, recommended=True)
+    from exlx_autocfg.detection import detect
+
+    facts = detect(python=python)
+    return what_if_facts(None, assume, base=facts) if assume else facts
+
+
+def plan_from_options(
+    model: str,
+    *,
+    gpu: list[str] | None = None,
+    assume: list[str] | None = None,
+    context: int | None = None,
+    cache: str | None = None,
+    backend: str | None = None,
+    min_cache_precision: str | None = None,
+    budget: str = "total",
+    margin_mib: int = DEFAULT_MARGIN_MIB,
+    batch_size: int = 1,
+    chunk_size: int | None = None,
+    bpw: float | None = None,
+    python: str | None = None,
+    facts: Facts | None = None,
+) -> Plan:
+    """Facts (given, what-if or detected), the model spec, then `planner.plan`. Raises ExlxError subclasses
+    only (UsageError, ModelSpecError, BackendRefusedError, DoesNotFitError, ProbeError)."""
+    from exlx_autocfg.modelspec import load_model_spec
+    from exlx_autocfg.planner import plan
+
+    spec = load_model_spec(model, bpw=bpw)
+    if facts is None:
+        facts = facts_from_options(gpu=gpu, assume=assume, python=python)
+    return plan(
+        facts,
+        spec,
+        context=context,
+        cache=cache,
+        backend=backend,
+        min_cache_precision=min_cache_precision,
+        budget=budget,
+        margin_mib=margin_mib,
+        batch_size=batch_size,
+        chunk_size=chunk_size,
+    )

@@ -1,0 +1,72 @@
+"""Flags for exllamav2's own scripts: everything built on `exllamav2.model_init.add_args` (test_inference.py,
+examples/*.py, eval/*.py), plus the cache-mode flags of the scripts that take one.
+
+`model_init.add_args` (exllamav2 0.3.2 model_init.py) accepts -m, -gs ("auto" or GB per GPU), -l, -nfa,
+-nxf, -nsdpa and -chunk (which sets max_input_len = chunk and max_attention_size = chunk ** 2 in `init`).
+The cache class is chosen by each script: examples/chat.py takes -cq4/-cq6/-cq8 (and -c8 for FP8),
+eval/humaneval.py and eval/mmlu.py take -cq4/-cq6/-cq8; test_inference.py and the other examples take
+no cache flag (they build an FP16 cache, or their own). The output is only the flags, so
+`python examples/chat.py $(exlx-autocfg emit --format exllamav2-args ...) -mode llama3` splices.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from exlx_autocfg.emitters.common import device_pinning, number
+from exlx_autocfg.plan_types import Plan
+
+# script -> its cache flag per mode (None: the script has no cache flag). Source: turboderp-org/exllamav2
+# @ da07fac, examples/chat.py L68-71, eval/humaneval.py L18-20, eval/mmlu.py L16-18.
+_Q_FLAGS = {"FP16": "", "Q8": "-cq8", "Q6": "-cq6", "Q4": "-cq4"}
+SCRIPTS: dict[str, dict[str, str] | None] = {
+    "chat": _Q_FLAGS,
+    "humaneval": _Q_FLAGS,
+    "mmlu": _Q_FLAGS,
+    "model_init": None,  # test_inference.py and any script that only calls model_init.add_args
+}
+DEFAULT_SCRIPT = "chat"
+
+
+def args(plan: Plan, script: str = DEFAULT_SCRIPT) -> list[str]:
+    out: list[str] = []
+    if plan.model.path:
+        out += ["-m", plan.model.path]
+    out += ["-l", str(plan.max_seq_len)]
+    if plan.gpu_split:
+        out += ["-gs", ",".join(str(number(gb)) for gb in plan.gpu_split)]
+    elif plan.autosplit:
+        out += ["-gs", "auto"]
+    if plan.no_flash_attn:
+        out.append("-nfa")
+    if plan.no_xformers:
+        out.append("-nxf")
+    if plan.no_sdpa:
+        out.append("-nsdpa")
+    out += ["-chunk", str(plan.chunk_size)]
+    cache_flags = SCRIPTS[script]
+    if cache_flags and cache_flags[plan.cache_mode]:
+        out.append(cache_flags[plan.cache_mode])
+    return out
+
+
+def notes(plan: Plan, script: str = DEFAULT_SCRIPT, machine_gpu_count: int | None = None) -> list[str]:
+    """What the flags cannot say; the CLI prints these on stderr so stdout stays splice-able."""
+    lines = []
+    pinning = device_pinning(plan, machine_gpu_count)
+    if pinning:
+        lines.append("run with " + " ".join(f"{k}={v}" for k, v in pinning.items())
+                     + " (emit --format env) so the split meets the GPUs in the planned order")
+    if not plan.model.path:
+        lines.append("no -m: the plan names a catalog model; add -m MODEL_DIR")
+    if SCRIPTS[script] is None and plan.cache_mode != "FP16":
+        lines.append(f"script {script!r} takes no cache flag: it builds its own cache (the plan wants "
+                     f"{plan.cache_mode}); use --script chat for examples/chat.py")
+    if plan.max_attention_size != plan.chunk_size**2:
+        lines.append(f"-chunk also sets max_attention_size = {plan.chunk_size**2} "
+                     f"(the plan has {plan.max_attention_size})")
+    return lines
+
+
+def render(plan: Plan, script: str = DEFAULT_SCRIPT) -> str:
+    return shlex.join(args(plan, script)) + "\n"

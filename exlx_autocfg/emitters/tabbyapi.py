@@ -1,0 +1,190 @@
+"""TabbyAPI (the EXL2-capable `exl2-checkpoint` line): the `model:` block of `config.yml`, or a per-model
+`tabby_config.yml` (the same block, read when the model is loaded inline).
+
+What TabbyAPI does with each key (theroyallab/tabbyAPI @ 79126f9, exl2-checkpoint):
+- `cache_size` must be a multiple of 256 (pydantic `multiple_of=256`, common/config_models.py) and caps
+  `max_seq_len` (backends/exllamav2/model.py `adjust_cache_size`); in compatibility mode it is ignored and
+  the cache is exactly `max_seq_len` tokens.
+- Compatibility mode: when any GPU in use has compute capability < 8, on ROCm, or when exllamav2 has
+  `no_flash_attn` set (EXLLAMA_NO_FLASH_ATTN), TabbyAPI forces `no_flash_attn`, `paged = False` and
+  `max_batch_size = 1` (model.py; common/hardware.py `hardware_supports_flash_attn`). There is no config
+  key for the backend switches: they travel as EXLLAMA_NO_* environment variables.
+- `gpu_split` is GB per GPU (CUDA order), `autosplit_reserve` MB (MiB: `value * 1024**2`) per GPU;
+  a non-empty `gpu_split` turns autosplit off; with one visible GPU split settings are ignored.
+- `chunk_size` is rounded up to a multiple of 256 and becomes `max_input_len`, with
+  `max_attention_size = chunk_size ** 2`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from exlx_autocfg.emitters.common import (
+    PAGE_SIZE,
+    env_summary,
+    header,
+    mib_ceil,
+    number,
+    ordered_gpus,
+    round_up,
+    runtime_env,
+)
+from exlx_autocfg.emitters.yaml_merge import dump_yaml
+from exlx_autocfg.plan_types import Plan
+
+SECTION = "model"
+# The keys exlx-autocfg owns in the `model:` section; merging changes these and nothing else.
+OWNED_KEYS: tuple[str, ...] = (
+    "backend",
+    "model_dir",
+    "model_name",
+    "max_seq_len",
+    "cache_size",
+    "cache_mode",
+    "chunk_size",
+    "max_batch_size",
+    "tensor_parallel",
+    "gpu_split_auto",
+    "autosplit_reserve",
+    "gpu_split",
+)
+
+
+def compatibility_mode(plan: Plan) -> bool:
+    """Whether TabbyAPI must run this plan unpaged (its 'compatibility mode': batch 1, no CFG)."""
+    return not plan.paged
+
+
+def _all_ampere_nvidia(plan: Plan) -> bool:
+    gpus = plan.gpus
+    return bool(gpus) and all(
+        g.vendor == "nvidia" and g.compute_capability and int(g.compute_capability.split(".")[0]) >= 8
+        for g in gpus
+    )
+
+
+def required_env(plan: Plan, machine_gpu_count: int | None = None) -> dict[str, str | None]:
+    """The environment TabbyAPI must start with for this plan.
+
+    TabbyAPI detects compatibility mode by itself on pre-Ampere and ROCm; on Ampere+ an unpaged plan
+    (no flash-attn, or one too old for paged attention) only gets it when exllamav2 reports
+    `no_flash_attn`, which EXLLAMA_NO_FLASH_ATTN sets. Otherwise TabbyAPI would start paged and fail.
+    """
+    env = runtime_env(plan, machine_gpu_count)
+    if compatibility_mode(plan) and _all_ampere_nvidia(plan):
+        env["EXLLAMA_NO_FLASH_ATTN"] = "1"
+    return env
+
+
+def cache_size(plan: Plan) -> int:
+    """TabbyAPI's cache_size: a whole number of 256-token pages, never below max_seq_len.
+
+    Paged, the dynamic generator's cache is one pool of `cache_size` tokens shared by up to
+    `max_batch_size` jobs; the plan budgets max_batch_size x max_seq_len tokens of cache (the same bytes),
+    so the pool gets all of them. Unpaged (compatibility mode) the cache is max_seq_len tokens.
+    """
+    return round_up(_cache_tokens(plan), PAGE_SIZE)
+
+
+def _cache_tokens(plan: Plan) -> int:
+    return plan.max_seq_len if compatibility_mode(plan) else plan.max_seq_len * max(1, plan.max_batch_size)
+
+
+def model_settings(plan: Plan, *, per_model: bool = False) -> dict[str, Any]:
+    """The `model:` mapping, in TabbyAPI's own key order. `per_model` drops model_dir/model_name
+    (a tabby_config.yml lives inside the model folder and may only carry load parameters)."""
+    s: dict[str, Any] = {"backend": "exllamav2"}
+    if not per_model and plan.model.path:
+        path = Path(plan.model.path)
+        s["model_dir"] = str(path.parent)
+        s["model_name"] = path.name
+    s["max_seq_len"] = plan.max_seq_len
+    s["cache_size"] = cache_size(plan)
+    s["cache_mode"] = plan.cache_mode
+    s["chunk_size"] = plan.chunk_size
+    s["max_batch_size"] = 1 if compatibility_mode(plan) else plan.max_batch_size
+    s["tensor_parallel"] = False  # the plan's memory arithmetic is for a layer split, not TP
+    if plan.gpu_split:
+        s["gpu_split_auto"] = False
+        s["autosplit_reserve"] = [mib_ceil(b) for b in plan.autosplit_reserve_bytes] or [96]
+        s["gpu_split"] = [number(gb) for gb in plan.gpu_split]
+    elif plan.autosplit:
+        s["gpu_split_auto"] = True
+        # TabbyAPI's default when the plan names no reserve (config_sample.yml: [96]).
+        s["autosplit_reserve"] = [mib_ceil(b) for b in plan.autosplit_reserve_bytes] or [96]
+        s["gpu_split"] = []
+    else:  # one GPU: TabbyAPI ignores split settings when one GPU is visible (device pinning sees to that)
+        s["gpu_split_auto"] = False
+        s["autosplit_reserve"] = [mib_ceil(b) for b in plan.autosplit_reserve_bytes] or [96]
+        s["gpu_split"] = []
+    return s
+
+
+def notes(plan: Plan, machine_gpu_count: int | None = None) -> list[str]:
+    """Comment lines that explain how TabbyAPI will treat this plan."""
+    lines = []
+    if compatibility_mode(plan):
+        lines.append(
+            "TabbyAPI compatibility mode (unpaged): batch size 1, no CFG; cache_size is ignored, "
+            "the cache is max_seq_len tokens."
+        )
+        if plan.backend == "flash_attn":
+            lines.append(
+                "Warning: compatibility mode turns flash-attn off, so TabbyAPI will not use the planned "
+                "flash_attn backend (install flash-attn >= 2.5.7 for paged mode, or re-plan)."
+            )
+    elif plan.max_batch_size > 1:
+        lines.append(f"cache_size = max_batch_size x max_seq_len: one pool of pages shared by up to "
+                     f"{plan.max_batch_size} jobs, the cache the plan budgets.")
+    if cache_size(plan) != _cache_tokens(plan):
+        lines.append(f"cache_size rounded up to {cache_size(plan)} (a multiple of {PAGE_SIZE}).")
+    if plan.chunk_size % PAGE_SIZE:
+        lines.append(
+            f"Warning: TabbyAPI rounds chunk_size {plan.chunk_size} up to "
+            f"{round_up(plan.chunk_size, PAGE_SIZE)}, which needs more scratch memory than planned."
+        )
+    if plan.max_attention_size != plan.chunk_size**2:
+        lines.append(
+            f"Note: TabbyAPI sets max_attention_size = chunk_size^2 = {plan.chunk_size**2} "
+            f"(the plan has {plan.max_attention_size})."
+        )
+    env = required_env(plan, machine_gpu_count)
+    needed = {k: v for k, v in env.items() if v is not None}
+    if needed:
+        lines.append(f"Start TabbyAPI with: {env_summary(env)}")
+        lines.append("  (`exlx-autocfg emit --format env` prints the exports for your shell).")
+    if len(ordered_gpus(plan)) > 1:
+        lines.append("gpu_split / autosplit_reserve are in CUDA device order (see CUDA_VISIBLE_DEVICES).")
+    if not plan.model.path:
+        lines.append("model_dir/model_name not set: the plan names a catalog model, not a local folder.")
+    lines.append("`emit --out` re-merges only the keys exlx-autocfg owns under model:; the rest stays.")
+    return lines
+
+
+def render(plan: Plan, *, per_model: bool = False, machine_gpu_count: int | None = None) -> str:
+    """A complete config.yml (`model:` block only) or tabby_config.yml, with the header comment."""
+    target = "TabbyAPI tabby_config.yml (per model)" if per_model else "TabbyAPI config.yml"
+    text = header(plan, target, notes(plan, machine_gpu_count))
+    return text + "\n" + dump_yaml({SECTION: model_settings(plan, per_model=per_model)})
+
+
+def keep_model_dir(values: dict[str, Any], existing_text: str | None, base: Path) -> dict[str, Any]:
+    """Keep an existing `model_dir` (often the relative `models`) when it already names the folder the
+    model is in; TabbyAPI resolves it against its working directory, which is where config.yml lives."""
+    if not existing_text or "model_dir" not in values:
+        return values
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
+
+    try:
+        doc = YAML(typ="safe").load(existing_text)
+    except YAMLError:
+        return values  # the merge reports the parse error with its line
+    current = doc.get(SECTION) if isinstance(doc, dict) else None
+    current_dir = current.get("model_dir") if isinstance(current, dict) else None
+    if isinstance(current_dir, str) and current_dir:
+        resolved = (base / current_dir).resolve()
+        if resolved == Path(values["model_dir"]).resolve():
+            return {**values, "model_dir": current_dir}
+    return values

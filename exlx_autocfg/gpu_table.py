@@ -1,0 +1,219 @@
+"""The GPU table (`profiles/gpus.toml`) and what-if facts: `--gpu NAME[xN]` and `--assume PKG==VER`.
+
+What-if facts are the same `Facts` document `detect` produces, built from the tables instead of this
+machine (`what_if=True`): GPUs from the GPU table, libraries from `--assume` on top of a base stack (the
+probed one, or the default stack in `profiles/backends.toml`). Details a probe would have measured
+(flash-attn features, xformers import paths and torch ABI, torch's `causal_lower_right`) are derived from
+the versions with the rules data, so the planner reads what-if and probed facts the same way.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import re
+from dataclasses import dataclass
+
+from packaging.utils import canonicalize_name
+
+from exlx_autocfg.backends import derived_details, rules, version_of
+from exlx_autocfg.data import load_data
+from exlx_autocfg.errors import UsageError
+from exlx_autocfg.facts import GPU, Facts, GPUReport, LibraryFacts, PythonFacts
+
+MIB = 1024 * 1024
+
+# Names users type for the libraries the rules know about -> distribution names in the facts.
+KNOWN_PACKAGES = ("torch", "exllamav2", "flash-attn", "xformers", "exllamav3", "triton")
+_ALIASES = {"flash-attention": "flash-attn", "flash_attn": "flash-attn", "pytorch": "torch"}
+
+
+@dataclass(frozen=True)
+class TableGPU:
+    id: str
+    name: str
+    vendor: str
+    architecture: str
+    memory_mib: int
+    bandwidth_gbs: float
+    cc: str | None = None
+    gfx: str | None = None
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def memory_bytes(self) -> int:
+        return self.memory_mib * MIB
+
+    def to_gpu(self, index: int) -> GPU:
+        return GPU(
+            index=index,
+            name=self.name,
+            vendor=self.vendor,  # type: ignore[arg-type]
+            memory_total=self.memory_bytes,
+            compute_capability=self.cc,
+            # AMD has no CUDA compute capability: the gfx target is what the rules read.
+            architecture=self.gfx or self.architecture,
+            cuda_index=index,
+            source="table",
+        )
+
+
+def gpu_table() -> list[TableGPU]:
+    rows = load_data("gpus.toml")["gpu"]
+    return [TableGPU(**{k: tuple(v) if isinstance(v, list) else v for k, v in row.items()}) for row in rows]
+
+
+def _key(text: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", text.lower())
+
+
+def find_gpu(name: str) -> TableGPU:
+    """The table row for `name` (id, driver name or alias; case and punctuation ignored)."""
+    wanted = _key(name)
+    table = gpu_table()
+    for row in table:  # the id and the driver name win over aliases ("RTX 2080 Ti" is the 11 GB card)
+        if wanted in (_key(row.id), _key(row.name)):
+            return row
+    for row in table:
+        if wanted in {_key(a) for a in row.aliases}:
+            return row
+    spellings = {row.id: row.id for row in table}
+    spellings.update({a: row.id for row in table for a in (row.name, *row.aliases)})
+    close = difflib.get_close_matches(name.lower(), [s.lower() for s in spellings], n=6, cutoff=0.5)
+    by_lower = {s.lower(): rid for s, rid in spellings.items()}
+    ids = list(dict.fromkeys(by_lower[c] for c in close))[:4]
+    hint = f"close matches: {', '.join(ids)}" if ids else "run `exlx-autocfg plan --list-gpus` for the table"
+    raise UsageError(f"unknown GPU {name!r}", hint=hint)
+
+
+def parse_gpu_option(text: str) -> list[TableGPU]:
+    """`NAME` or `NAMExN` (also `NAME x N`, `NAME*N`) -> N table rows."""
+    text = text.strip()
+    if not text:
+        raise UsageError("empty --gpu value")
+    try:
+        return [find_gpu(text)]
+    except UsageError as exc:
+        m = re.fullmatch(r"(.+?)\s*[x×*]\s*(\d+)", text, flags=re.IGNORECASE)
+        if not m:
+            raise exc from None
+        try:
+            row = find_gpu(m.group(1))
+        except UsageError:
+            raise exc from None  # "RTX 3080" is an unknown name, not "RTX 3" x 080
+        count = int(m.group(2))
+        if not 1 <= count <= 16:
+            raise UsageError(f"--gpu {text!r}: count must be between 1 and 16") from None
+        return [row] * count
+
+
+def parse_assume(text: str) -> tuple[str, str | None]:
+    """`PKG==VER` -> (distribution name, version); `PKG==none` means "not installed"."""
+    m = re.fullmatch(r"\s*([A-Za-z0-9_.\-]+)\s*==\s*([A-Za-z0-9_.+\-]+)\s*", text)
+    if not m:
+        raise UsageError(
+            f"bad --assume {text!r}: expected PKG==VERSION, e.g. flash-attn==2.7.4 or xformers==none"
+        )
+    name = canonicalize_name(m.group(1))
+    name = _ALIASES.get(name, name)
+    if name not in KNOWN_PACKAGES:
+        raise UsageError(f"--assume {text!r}: unknown package {name!r}; known: {', '.join(KNOWN_PACKAGES)}")
+    version = m.group(2)
+    if version.lower() == "none":
+        return name, None
+    if version_of(version) is None:
+        raise UsageError(f"--assume {text!r}: {version!r} is not a version")
+    return name, version
+
+
+def _library(name: str, version: str, *, rocm: bool) -> LibraryFacts:
+    public, _, local = version.partition("+")
+    build: dict[str, str] = {}
+    if name == "torch":
+        if not local:
+            local = "rocm6.2.4" if rocm else "cu124"
+        m = re.match(r"(cu|rocm)(\d+(?:\.\d+)*)", local)
+        if m and m.group(1) == "cu":
+            digits = m.group(2)
+            build["cuda"] = f"{digits[:-1]}.{digits[-1]}" if "." not in digits else digits
+        elif m:
+            build["rocm"] = m.group(2)
+    return LibraryFacts(
+        name=name,
+        installed=True,
+        version=public,
+        local_tag=local or None,
+        build=build,
+        import_status="ok",
+    )
+
+
+def recommended_libraries(gpus: list[GPU]) -> dict[str, str]:
+    """The attention libraries a what-if plan assumes for these GPUs (`what_if.recommended` in the rules):
+    the ones a user would install for them, so that `--gpu 3090` plans with flash-attn, not matmul."""
+    out: dict[str, str] = {}
+    for name, row in rules()["what_if"].get("recommended", {}).items():
+        min_cc = tuple(int(x) for x in row["min_cc"].split("."))
+        if gpus and all(g.vendor == row["vendor"] and g.cc is not None and g.cc >= min_cc for g in gpus):
+            out[name] = row["version"]
+    return out
+
+
+def what_if_facts(
+    gpus: list[str] | None = None,
+    assume: list[str] | None = None,
+    base: Facts | None = None,
+    *,
+    recommended: bool = False,
+) -> Facts:
+    """Facts for a what-if plan.
+
+    `gpus`: `--gpu` values (replace the GPUs of `base`); `assume`: `--assume PKG==VER` values (replace or
+    remove libraries). Libraries neither assumed nor in `base` come from the default stack, but only when
+    there is no `base`: with a probed base, what is not installed stays not installed. `recommended` adds
+    the attention libraries a user would install for these GPUs (`recommended_libraries`), so that a bare
+    `plan --gpu 3090` answers "what will I get" rather than "what does torch alone give".
+    """
+    if base is None and not gpus:
+        raise UsageError("a what-if plan needs --gpu NAME (or facts from this machine)")
+    facts = (
+        copy.deepcopy(base)
+        if base is not None
+        else Facts(python=PythonFacts(executable="(what-if)", version="3.11"))
+    )
+    facts.what_if = True
+    if gpus:
+        rows = [row for spec in gpus for row in parse_gpu_option(spec)]
+        vendors = {row.vendor for row in rows}
+        if len(vendors) > 1:
+            raise UsageError("--gpu mixes NVIDIA and AMD GPUs; exllamav2 runs on one of CUDA or ROCm")
+        facts.gpu = GPUReport(gpus=[row.to_gpu(i) for i, row in enumerate(rows)], source="table")
+    rocm = any(g.vendor == "amd" for g in facts.gpu.gpus)
+    if base is None:
+        for name, version in rules()["what_if"]["default_stack"].items():
+            if name != "source":
+                facts.libraries[name] = _library(name, version, rocm=rocm)
+        for name, version in (recommended_libraries(facts.gpu.gpus) if recommended else {}).items():
+            facts.libraries[name] = _library(name, version, rocm=rocm)
+    for spec in assume or []:
+        name, version = parse_assume(spec)
+        if version is None:
+            facts.libraries[name] = LibraryFacts(name=name, installed=False)
+        else:
+            facts.libraries[name] = _library(name, version, rocm=rocm)
+    torch_version = facts.version_of("torch")
+    if torch_version and rocm:
+        facts.libraries["torch"].details.setdefault(
+            "hip_version", facts.libraries["torch"].build.get("rocm", "6.2")
+        )
+    # Derive what a probe would have measured, for the libraries the what-if replaced.
+    assumed = {parse_assume(s)[0] for s in assume or []}
+    for name, lib in facts.libraries.items():
+        if (
+            lib.installed
+            and lib.version
+            and (base is None or name in assumed or lib.import_status == "not-tried")
+        ):
+            for key, value in derived_details(name, lib.version, torch_version).items():
+                lib.details.setdefault(key, value)
+    return facts

@@ -1,0 +1,405 @@
+"""Apply a profile to ExLlamaV2: the runtime loader (an edge: it imports exllamav2 and, in `load`, the GPU).
+
+`prepare(model_dir, profile=None, ...)` finds or makes the profile, checks it against fresh facts
+(`staleness`), sets the `EXLLAMA_NO_*` switches before exllamav2 is imported, builds and fills the real
+`ExLlamaV2Config` and returns it with the cache class, the split and the reserves. It touches no GPU.
+`load(...)` does `prepare`, then creates the model, cache, tokenizer and dynamic generator on the GPU(s).
+
+Why the switches must come first: exllamav2/attn.py decides at import time whether flash-attn, xformers and
+torch SDPA are usable (`has_flash_attn`, `has_xformers`, `has_lower_right_sdpa`), and a flash-attn or
+xformers built for another torch can make `import exllamav2` itself fail. The switches are presence tests
+(`'EXLLAMA_NO_SDPA' in os.environ`), so "off" means the variable is absent, not "0".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from exlx_autocfg.errors import ExlxError, ModelSpecError, StaleProfileError, UsageError
+from exlx_autocfg.facts import Facts
+from exlx_autocfg.plan_types import BACKENDS
+from exlx_autocfg.profile import (
+    Profile,
+    ProfileError,
+    Settings,
+    default_profile_path,
+    machine_identity,
+    profile_from_plan,
+    read_profile,
+    validate_settings,
+    write_profile,
+)
+from exlx_autocfg.staleness import Change, find_changes
+
+ON_STALE = ("replan", "refuse", "warn")
+
+# Settings field -> the env switch exllamav2 reads at import (attn.py) and in ExLlamaV2Config() (config.py).
+ENV_SWITCHES = {
+    "no_flash_attn": "EXLLAMA_NO_FLASH_ATTN",
+    "no_xformers": "EXLLAMA_NO_XFORMERS",
+    "no_sdpa": "EXLLAMA_NO_SDPA",
+}
+# Backend -> the module-level flag in exllamav2.attn that says it was importable.
+BACKEND_FLAG = {"flash_attn": "has_flash_attn", "xformers": "has_xformers", "sdpa": "has_lower_right_sdpa"}
+BACKEND_LIBRARY = {
+    "flash_attn": "flash-attn >= 2.2.1",
+    "xformers": "xformers with attn_bias.LowerTriangularFromBottomRightMask",
+    "sdpa": "torch >= 2.4 (causal_lower_right)",
+}
+# Cache mode -> exllamav2 cache class (exllamav2/__init__.py exports them all).
+CACHE_CLASSES = {"FP16": "ExLlamaV2Cache", "Q8": "ExLlamaV2Cache_Q8", "Q6": "ExLlamaV2Cache_Q6",
+                 "Q4": "ExLlamaV2Cache_Q4"}
+# exllamav2's own autosplit reserves for devices the plan did not list (model.py load_autosplit_gen).
+DEFAULT_RESERVE_FIRST, DEFAULT_RESERVE_OTHER = 192 * 1024**2, 64 * 1024**2
+
+
+REFUSED_HINT = ("re-plan with `exlx-autocfg profile`, or let the loader re-plan: on_stale='replan' "
+                "(--on-stale replan)")
+
+
+class LoaderError(ExlxError):
+    """exllamav2 cannot run the profile in this process (imported with other switches, a backend missing)."""
+
+
+class StaleProfileWarning(UserWarning):
+    """The profile no longer matches the machine, libraries or model (on_stale='warn' or 'replan')."""
+
+
+@dataclass
+class Prepared:
+    """Everything `load` needs, built without touching a GPU."""
+
+    config: Any  # exllamav2.ExLlamaV2Config, filled from the profile; arch_compat_overrides applied
+    cache_class: type  # ExLlamaV2Cache / _Q8 / _Q6 / _Q4
+    profile: Profile  # the profile applied (re-planned when it was stale and on_stale='replan')
+    profile_path: Path | None
+    settings: Settings  # the profile's settings with the overrides applied
+    backend: str  # the attention backend exllamav2 will use for causal forwards with this config
+    gpu_split: list[float] | None
+    autosplit: bool
+    reserve_vram: list[int] | None  # autosplit reserve_vram per device (None: exllamav2's defaults)
+    paged: bool
+    max_batch_size: int
+    changes: list[Change] = field(default_factory=list)  # what made the profile stale (empty: current)
+    replanned: bool = False
+    notes: list[str] = field(default_factory=list)  # what the loader did, one line each
+
+    def make_cache(self, model: Any, *, lazy: bool | None = None) -> Any:
+        """The planned cache for `model` (lazy for autosplit: allocated while the model loads)."""
+        return self.cache_class(model, batch_size=1, max_seq_len=self.config.max_seq_len,
+                                lazy=self.autosplit if lazy is None else lazy)
+
+
+@dataclass
+class Loaded:
+    model: Any
+    cache: Any
+    tokenizer: Any
+    generator: Any | None
+    prepared: Prepared
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+def prepare(
+    model_dir: str | os.PathLike[str],
+    profile: str | os.PathLike[str] | Profile | None = None,
+    *,
+    on_stale: str = "replan",
+    facts: Facts | None = None,
+    save: bool = True,
+    **overrides: Any,
+) -> Prepared:
+    """Find or make the profile for `model_dir`, check it, and build the ExLlamaV2 config it describes.
+
+    `profile`: a Profile, a path (made there when missing), or None for the default location (one file per
+    model fingerprint and machine under the user config dir). `on_stale`: 'replan' (default; re-plan with
+    the profile's request and rewrite it), 'refuse' (raise StaleProfileError) or 'warn' (use it anyway).
+    `facts`: fresh facts (default: `detect()` of this interpreter). `overrides`: settings keys applied on
+    top of the profile (`max_seq_len=8192`, `cache_mode="Q4"`, `backend="matmul"`...), validated like a
+    hand edit. `save`: write new or re-planned profiles to their path.
+    """
+    if on_stale not in ON_STALE:
+        raise UsageError(f"on_stale: {on_stale!r} is not one of {', '.join(ON_STALE)}")
+    model_dir = Path(model_dir).expanduser()
+    spec = _model_spec(model_dir)
+    if facts is None:
+        from exlx_autocfg.detection import detect
+
+        facts = detect()
+    notes: list[str] = []
+    path, prof = _find_profile(profile, spec, facts)
+    changes: list[Change] = []
+    replanned = False
+    if prof is None:
+        prof = _plan_profile(facts, spec, {})
+        notes.append("no profile for this model and machine yet: planned one")
+        if save and path is not None:
+            write_profile(prof, path)
+            notes.append(f"wrote profile {path}")
+    else:
+        changes = find_changes(prof, facts, spec.fingerprint, model_dir=str(model_dir))
+        if changes:
+            what = "; ".join(c.message for c in changes)
+            where = f"profile {path}" if path else "the profile"
+            if on_stale == "refuse":
+                raise StaleProfileError(f"{where} is stale: {what}", hint=REFUSED_HINT)
+            if on_stale == "warn":
+                message = f"{where} is stale, using it anyway: {what}"
+            else:
+                prof = _plan_profile(facts, spec, prof.request)
+                replanned = True
+                message = f"{where} was stale, re-planned: {what}"
+                if save and path is not None:
+                    write_profile(prof, path)
+                    message += f" (rewrote {path})"
+            notes.append(message)
+            warnings.warn(message, StaleProfileWarning, stacklevel=2)
+    settings = apply_overrides(prof.settings, overrides)
+    if overrides:
+        notes.append("overrides: " + ", ".join(f"{k}={v!r}" for k, v in sorted(overrides.items())))
+
+    exl2, import_problem = _import_exllamav2(settings, notes)
+    config = _build_config(exl2, model_dir, settings, notes)
+    attn = sys.modules["exllamav2.attn"]
+    backend = effective_backend(attn, config)
+    paged = settings.paged
+    problem = import_problem
+    if problem is None and backend != settings.backend:
+        problem = (f"exllamav2 would run attention with {backend}, not the profile's {settings.backend}: "
+                   f"{_why_not(settings.backend, config)}")
+    if problem is None and paged and not attn.has_flash_attn_with_paged:
+        problem = "the profile's paged mode needs flash-attn >= 2.5.7, and exllamav2 found no paged attention"
+    if problem is not None:
+        if on_stale != "warn":
+            raise LoaderError(problem, hint=(
+                "call exlx_autocfg.prepare() before importing exllamav2, or start a new process"
+                if import_problem else "re-plan: `exlx-autocfg profile` (on_stale='warn' runs anyway)"))
+        if paged and not attn.has_flash_attn_with_paged:
+            paged = False
+            problem += "; running unpaged"
+        notes.append(problem)
+        warnings.warn(problem, StaleProfileWarning, stacklevel=2)
+    return Prepared(
+        config=config,
+        cache_class=getattr(exl2, CACHE_CLASSES[settings.cache_mode]),
+        profile=prof,
+        profile_path=path,
+        settings=settings,
+        backend=backend,
+        gpu_split=list(settings.gpu_split) if settings.gpu_split is not None else None,
+        autosplit=settings.autosplit,
+        reserve_vram=list(settings.reserve_bytes) or None,
+        paged=paged,
+        max_batch_size=settings.max_batch_size,
+        changes=changes,
+        replanned=replanned,
+        notes=notes,
+    )
+
+
+def load(
+    model_dir: str | os.PathLike[str],
+    profile: str | os.PathLike[str] | Profile | None = None,
+    *,
+    generator: bool = True,
+    progress: bool = False,
+    **kw: Any,
+) -> Loaded:
+    """`prepare`, then load the model with the planned split (or autosplit with the planned reserves), the
+    cache, the tokenizer and a dynamic generator (paged when the profile says so, else unpaged, batch 1).
+    Keyword arguments go to `prepare` (on_stale, facts, save, overrides)."""
+    prepared = prepare(model_dir, profile, **kw)
+    import exllamav2
+    import torch
+
+    if not torch.cuda.is_available():
+        raise LoaderError("load() needs a GPU and torch sees none (prepare() works without one)")
+    model = exllamav2.ExLlamaV2(prepared.config)
+    if prepared.autosplit:
+        cache = prepared.make_cache(model, lazy=True)  # autosplit allocates it layer by layer while loading
+        model.load_autosplit(cache, reserve_vram=_reserves(prepared.reserve_vram, torch.cuda.device_count()),
+                             progress=progress)
+    else:
+        model.load(gpu_split=prepared.gpu_split, progress=progress)
+        cache = prepared.make_cache(model, lazy=False)
+    tokenizer = exllamav2.ExLlamaV2Tokenizer(prepared.config)
+    gen = None
+    if generator:
+        from exllamav2.generator import ExLlamaV2DynamicGenerator
+
+        # Unpaged mode serves one sequence at a time (generator/dynamic.py: "max supported batch size is 1").
+        gen = ExLlamaV2DynamicGenerator(model=model, cache=cache, tokenizer=tokenizer, paged=prepared.paged,
+                                        max_batch_size=prepared.max_batch_size if prepared.paged else 1)
+    return Loaded(model=model, cache=cache, tokenizer=tokenizer, generator=gen, prepared=prepared)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pieces (public where tests and other tools reuse them)
+
+
+def apply_overrides(settings: Settings, overrides: dict[str, Any]) -> Settings:
+    """`settings` with `overrides` applied and validated; a backend override also sets its switches."""
+    known = {f.name for f in dataclasses.fields(Settings)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise UsageError(f"unknown override {unknown[0]!r} (known: {', '.join(sorted(known))})")
+    if not overrides:
+        return settings
+    changes = dict(overrides)
+    if "backend" in changes:
+        for key, value in switches_for(changes["backend"]).items():
+            changes.setdefault(key, value)
+    if changes.get("paged") is False or changes.get("backend", "flash_attn") != "flash_attn":
+        changes.setdefault("paged", False)
+    new = dataclasses.replace(settings, **changes)
+    try:
+        validate_settings(new)
+    except ProfileError as exc:
+        raise UsageError(f"override {exc.message}") from None
+    return new
+
+
+def switches_for(backend: str) -> dict[str, bool]:
+    """The no_* switches that make exllamav2 pick `backend`: every backend ahead of it off, its own on."""
+    if backend not in BACKENDS:
+        raise UsageError(f"backend: {backend!r} is not one of {', '.join(BACKENDS)}")
+    ahead = BACKENDS[: BACKENDS.index(backend)]
+    return {switch: b in ahead for b, switch in (("flash_attn", "no_flash_attn"), ("xformers", "no_xformers"),
+                                                  ("sdpa", "no_sdpa"))}
+
+
+def env_switches(settings: Settings) -> dict[str, bool]:
+    """Env var -> whether it must be present for `settings` (presence is what exllamav2 tests)."""
+    return {var: bool(getattr(settings, key)) for key, var in ENV_SWITCHES.items()}
+
+
+def effective_backend(attn: Any, config: Any) -> str:
+    """The backend exllamav2's causal forward picks with this config (attn.py `forward` and `_attn_torch`)."""
+    if attn.has_flash_attn and not config.no_flash_attn:
+        return "flash_attn"
+    if attn.has_xformers and not config.no_xformers:
+        return "xformers"
+    if attn.has_lower_right_sdpa and not config.no_sdpa and not config.attn_logit_softcapping:
+        return "sdpa"
+    return "matmul"
+
+
+def _why_not(backend: str, config: Any) -> str:
+    if backend == "matmul":
+        return "a faster backend is still enabled in the config"
+    attn = sys.modules["exllamav2.attn"]
+    switch = {"flash_attn": "no_flash_attn", "xformers": "no_xformers", "sdpa": "no_sdpa"}[backend]
+    if getattr(config, switch):
+        return f"config.{switch} is set (arch_compat_overrides or the model's architecture turned it off)"
+    if not getattr(attn, BACKEND_FLAG[backend]):
+        return f"exllamav2.attn.{BACKEND_FLAG[backend]} is False: {BACKEND_LIBRARY[backend]} did not import"
+    if backend == "sdpa" and config.attn_logit_softcapping:
+        return "the model uses logit softcapping, which exllamav2 runs only with flash-attn or matmul"
+    return "a backend ahead of it in exllamav2's precedence is enabled"
+
+
+def _import_exllamav2(settings: Settings, notes: list[str]) -> tuple[Any, str | None]:
+    """Set the switches and import exllamav2; or, when it is already imported, say what the earlier import
+    rules out. Returns (the exllamav2 module, a one-line problem or None)."""
+    if "exllamav2.attn" in sys.modules:
+        notes.append("exllamav2 was already imported; its backends were checked against the profile")
+        return sys.modules["exllamav2"], _already_imported_problem(sys.modules["exllamav2.attn"], settings)
+    for var, present in env_switches(settings).items():
+        if present and var not in os.environ:
+            os.environ[var] = "1"
+            notes.append(f"set {var}")
+        elif not present and var in os.environ:
+            # A stale switch from the shell would silently turn off the backend the profile chose.
+            del os.environ[var]
+            notes.append(f"unset {var} (the profile uses that backend)")
+    try:
+        return importlib.import_module("exllamav2"), None
+    except Exception as exc:  # a broken extension or library breaks the import itself: one clear line
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise LoaderError(f"import exllamav2 failed: {type(exc).__name__}: {first}",
+                          hint="run `exlx-autocfg check` for the cause and the fix") from None
+
+
+def _already_imported_problem(attn: Any, settings: Settings) -> str | None:
+    """exllamav2 decided its backends when it was imported: did the profile's backend survive?
+
+    Backends the profile turns off need nothing: the config's no_* flags turn them off per call. A backend
+    the profile wants but the import disabled cannot come back without a new process.
+    """
+    needed = [settings.backend] if settings.backend != "matmul" else []
+    if settings.paged:
+        needed.append("paged")
+    for b in needed:
+        flag = "has_flash_attn_with_paged" if b == "paged" else BACKEND_FLAG[b]
+        if getattr(attn, flag, False):
+            continue
+        var = ENV_SWITCHES["no_" + ("flash_attn" if b == "paged" else b)]
+        library = BACKEND_LIBRARY.get(b, "flash-attn >= 2.5.7")
+        cause = f"{var} was set" if var in os.environ else f"{library} did not import"
+        what = "paged mode" if b == "paged" else f"backend {settings.backend!r}"
+        return (f"exllamav2 was imported before the profile was applied and {cause}, so "
+                f"exllamav2.attn.{flag} is False: the profile's {what} cannot run in this process")
+    return None
+
+
+def _build_config(exl2: Any, model_dir: Path, settings: Settings, notes: list[str]) -> Any:
+    try:
+        config = exl2.ExLlamaV2Config(str(model_dir))
+    except Exception as exc:  # exllamav2 reports bad model dirs with asserts and KeyErrors
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelSpecError(f"exllamav2 cannot read the model in {model_dir}: {first}") from None
+    config.max_seq_len = settings.max_seq_len
+    config.max_input_len = settings.max_input_len
+    config.max_attention_size = settings.max_attention_size
+    config.max_batch_size = settings.max_batch_size
+    config.no_flash_attn = settings.no_flash_attn
+    config.no_xformers = settings.no_xformers
+    config.no_sdpa = settings.no_sdpa
+    before = {k: getattr(config, k) for k in ENV_SWITCHES}
+    config.arch_compat_overrides(quiet=True)  # hosts must call it (examples and TabbyAPI do)
+    for key, was in before.items():
+        if getattr(config, key) != was:
+            notes.append(f"exllamav2 arch_compat_overrides set {key} = {getattr(config, key)} for this model")
+    return config
+
+
+def _reserves(reserve: list[int] | None, device_count: int) -> list[int] | None:
+    """The planned reserves padded with exllamav2's defaults to every device (it indexes them by device)."""
+    if not reserve:
+        return None
+    defaults = [DEFAULT_RESERVE_FIRST] + [DEFAULT_RESERVE_OTHER] * max(device_count - 1, 0)
+    return [*reserve[:device_count], *defaults[len(reserve):device_count]]
+
+
+def _model_spec(model_dir: Path) -> Any:
+    if not model_dir.is_dir():
+        raise ModelSpecError(f"model directory {model_dir} does not exist")
+    from exlx_autocfg.modelspec import load_model_spec
+
+    return load_model_spec(model_dir)
+
+
+def _find_profile(profile: str | os.PathLike[str] | Profile | None, spec: Any,
+                  facts: Facts) -> tuple[Path | None, Profile | None]:
+    if isinstance(profile, Profile):
+        return None, profile
+    if profile is None:
+        path = default_profile_path(spec.name, spec.fingerprint, machine_identity(facts))
+    else:
+        path = Path(profile).expanduser()
+    return path, (read_profile(path) if path.exists() else None)
+
+
+def _plan_profile(facts: Facts, spec: Any, request: dict[str, Any]) -> Profile:
+    from exlx_autocfg.planner import plan
+
+    return profile_from_plan(plan(facts, spec, **request), facts)

@@ -1,0 +1,435 @@
+"""exllamav2 0.3.2's memory arithmetic, in bytes, as pure functions of a ModelSpec.
+
+Exact (tested against the real wheel's own accounting in tests/test_memory_exllamav2.py):
+  kv_cache_bytes / kv_staging_bytes  the tensors cache.py allocates (ExLlamaV2Cache, _Q8, _Q6, _Q4)
+  module_costs                       each module's weight_footprint(), scratch_space_fixed(), scratch_space()
+  fixed_scratch_bytes                the per-device scratch tensor device.py allocates
+  rope_bytes                         the sin/cos tables device.py `prepare_sincos` builds
+  manual_split_attn_reserve_bytes    attn.py `temp_attn_size()` (the manual-split planner's reserve)
+Measured against the real attn.py `_attn_torch` on CPU (tests/test_memory_transients.py):
+  attention_transient_bytes for the matmul and SDPA paths
+Estimated from reading the code (no GPU here to measure):
+  attention_transient_bytes for flash-attn/xformers, forward_activation_bytes, ModuleCost.load_extra_bytes
+  and the Overheads constants.
+Units: bytes everywhere. Nothing here touches files, torch or exllamav2.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+
+from exlx_autocfg.modelspec import ModelSpec
+
+MiB = 1024**2
+
+CACHE_MODES: tuple[str, ...] = ("FP16", "Q8", "Q6", "Q4")  # most precise first; FP8 is refused by the
+# dynamic generator (dynamic.py asserts not ExLlamaV2Cache_8bit) and TabbyAPI does not offer it.
+
+# cache.py: (bytes per stored element, K weights per element, V weights per element, has scales)
+_CACHE_LAYOUT: dict[str, tuple[int, int, int, bool]] = {
+    "FP16": (2, 1, 1, False),  # ExLlamaV2Cache: torch.half, 1, 1
+    "Q8": (1, 1, 1, True),  # ExLlamaV2Cache_Q8: uint8, weights_per_byte 1, 1
+    "Q6": (1, 1, 2, True),  # ExLlamaV2Cache_Q6: K at 8 bits, V at 4 bits (1, 2)
+    "Q4": (1, 2, 2, True),  # ExLlamaV2Cache_Q4: 2, 2
+}
+Q_CACHE_BLOCKSIZE_Q = 512  # cache.py ExLlamaV2Cache_Q.__init__
+PAGED_PAGE_SIZE = 256  # generator/dynamic.py: the paged cache and unpaged chunking work in 256-token pages
+MAX_DQ_SIZE = 512 * 1024**2  # config.py max_dq_size: elements a linear may dequantize at once
+BACKENDS: tuple[str, ...] = ("flash_attn", "xformers", "sdpa", "matmul")
+
+
+@dataclass(frozen=True)
+class Overheads:
+    """Memory exllamav2's arithmetic does not cover; override with `DEFAULT_OVERHEADS.with_overrides(...)`."""
+
+    # CUDA context + torch/cuBLAS handles per GPU. No exllamav2-specific measurement exists
+    # (shared/docs/memory-model.md A6); Ollama budgets 457 MiB per GPU (discover/gpu.go
+    # cudaMinimumMemory), and exllamav2 sets CUDA_MODULE_LOADING=LAZY (model.py), which keeps it
+    # near that. Estimate: measure it on the target (bench/).
+    cuda_context_bytes: int = 457 * MiB
+    # PyTorch caching allocator: 2 MiB rounding of large blocks, 20 MiB segments for small ones, freed
+    # transients kept reserved. memory-model.md Part B: +250 MiB residual on a flash path
+    # (ooba PR#5645). Estimate.
+    allocator_slack_bytes: int = 256 * MiB
+    # model.py load_autosplit_gen: reserve_vram default [192 MiB] + [64 MiB] * (n - 1) ...
+    autosplit_reserve_first_bytes: int = 192 * MiB
+    autosplit_reserve_other_bytes: int = 64 * MiB
+    # ... plus `minimum_reserve_vram = 256 * 1024**2`, held on the device being filled during the trial
+    # forwards.
+    autosplit_minimum_reserve_bytes: int = 256 * MiB
+    # TabbyAPI (backends/exllamav2/model.py, d2d87bb): autosplit_reserve default [96] MB on GPU 0 only.
+    tabby_autosplit_reserve_bytes: int = 96 * MiB
+
+    def with_overrides(self, **changes: int) -> Overheads:
+        return replace(self, **changes)
+
+
+DEFAULT_OVERHEADS = Overheads()
+
+
+def autosplit_reserve_bytes(num_devices: int, overheads: Overheads = DEFAULT_OVERHEADS) -> list[int]:
+    """exllamav2's default `reserve_vram` list for load_autosplit (model.py)."""
+    return [overheads.autosplit_reserve_first_bytes] + [overheads.autosplit_reserve_other_bytes] * (
+        num_devices - 1
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# KV cache (cache.py)
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_mode(mode: str) -> tuple[int, int, int, bool]:
+    try:
+        return _CACHE_LAYOUT[mode]
+    except KeyError:
+        raise ValueError(f"cache mode must be one of {', '.join(CACHE_MODES)}, got {mode!r}") from None
+
+
+def _layer_count(spec: ModelSpec, layers: int | Iterable[int] | None) -> int:
+    if layers is None:
+        return spec.num_hidden_layers
+    if isinstance(layers, int):
+        return layers
+    return len(set(layers))
+
+
+def kv_cache_bytes(
+    spec: ModelSpec, mode: str, seq_len: int, batch_size: int = 1, layers: int | Iterable[int] | None = None
+) -> int:
+    """K/V states (+ the FP16 scales of quantized modes) for `layers` (a count or layer indices; default all).
+
+    Shapes from cache.py ExLlamaV2CacheBase: (batch, seq_len, Hkv, head_dim // weights_per_element) and,
+    for Q modes, two (batch, seq_len, Hkv, head_dim // 32) fp16 scale tensors. The Q classes round their
+    max_seq_len attribute up to q_block only after allocating, so the unrounded seq_len sizes the tensors.
+    """
+    elem, wk, wv, scales = _check_mode(mode)
+    d = spec.head_dim
+    per_token_head = (d // wk + d // wv) * elem + (2 * (d // 32) * 2 if scales else 0)
+    return _layer_count(spec, layers) * batch_size * seq_len * spec.num_key_value_heads * per_token_head
+
+
+def kv_staging_bytes(spec: ModelSpec, mode: str, seq_len: int, batch_size: int = 1) -> int:
+    """The FP16 K/V pair a quantized cache keeps on each device holding attention layers (touch_device)."""
+    _check_mode(mode)
+    if mode == "FP16":
+        return 0
+    return 2 * batch_size * seq_len * spec.num_key_value_heads * spec.head_dim * 2
+
+
+def kv_cache_bytes_per_token(spec: ModelSpec, mode: str) -> int:
+    """Bytes per token of max_seq_len on one GPU at batch 1, scales and staging included (exact)."""
+    return kv_cache_bytes(spec, mode, 1) + kv_staging_bytes(spec, mode, 1)
+
+
+def q_block(spec: ModelSpec) -> int:
+    """Tokens per quantization block of a Q cache (cache.py): 1 unless Hkv*head_dim % 512 != 0."""
+    kv_dim = spec.num_key_value_heads * spec.head_dim
+    return Q_CACHE_BLOCKSIZE_Q // math.gcd(kv_dim, Q_CACHE_BLOCKSIZE_Q)
+
+
+# --------------------------------------------------------------------------------------------------
+# Modules: weights and scratch (model.py, attn.py, mlp.py, moe_mlp.py, linear.py, module.py)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModuleCost:
+    """One entry of exllamav2's `model.modules`, with its own accounting."""
+
+    key: str
+    kind: str  # embedding | attn | mlp | moe | parallel_decoder | norm | lm_head
+    layer: int | None
+    weight_bytes: int  # weight_footprint()
+    scratch_fixed_bytes: int  # scratch_space_fixed(): sizes the per-device scratch tensor
+    scratch_bytes: int = 0  # scratch_space(): what the manual-split planner reserves (incl. GQA temp_kv)
+    on_cpu: bool = False  # the embedding stays in system RAM in every loader
+    # Not in exllamav2's accounting: ext.py make_q_matrix keeps q_perm, q_invperm (both int16) and a
+    # q_group_map (2 x int16 per row) per EXL2 linear, 8 bytes per input row instead of the file's 4.
+    load_extra_bytes: int = 0
+
+    @property
+    def has_cache(self) -> bool:
+        """Holds a layer of the KV cache (attention or Cohere's parallel decoder)."""
+        return self.kind in ("attn", "parallel_decoder")
+
+
+def _pad32(n: int) -> int:
+    return n + (-n % 32)
+
+
+def _dq(rows: int, cols: int, *, pad32: bool = True) -> int:
+    """linear.py temp_dq_size: 2 * min(in * padded out, max_dq_size)."""
+    return 2 * min(rows * (_pad32(cols) if pad32 else cols), MAX_DQ_SIZE)
+
+
+def _linear_footprint(
+    spec: ModelSpec, keys: tuple[str, ...], rows: int, cols: int, *, pad32: bool = True
+) -> int:
+    """module.py weight_footprint(): bytes of the stored tensors, else linear.py's assumed footprint."""
+    have = spec.tensor_bytes
+    for key in keys:
+        if f"{key}.q_weight" in have:
+            names = ("q_weight", "q_invperm", "q_scale", "q_scale_max", "q_groups", "q_perm", "bias")
+        elif f"{key}.qweight" in have:
+            names = ("qweight", "qzeros", "scales", "g_idx", "bias")
+        elif f"{key}.weight" in have:
+            names = ("weight", "bias")
+        else:
+            continue
+        return sum(have.get(f"{key}.{n}", 0) for n in names)
+    return rows * (_pad32(cols) if pad32 else cols) * 2 + 128
+
+
+def _attn(
+    spec: ModelSpec, layer: int, rows: int, max_seq_len: int, batch: int, *, norms: bool
+) -> tuple[int, int, int]:
+    """(weight, scratch_fixed, scratch) of ExLlamaV2Attention."""
+    h, d, heads, kvh = spec.hidden_size, spec.head_dim, spec.num_attention_heads, spec.num_key_value_heads
+    p, r = f"model.layers.{layer}", spec.rules
+    q_out, kv_out = heads * d, kvh * d
+    weight = (
+        _linear_footprint(spec, (f"{p}.self_attn.q_proj",), h, q_out)
+        + _linear_footprint(spec, (f"{p}.self_attn.k_proj",), h, kv_out)
+        + _linear_footprint(spec, (f"{p}.self_attn.v_proj",), h, kv_out)
+        + _linear_footprint(spec, (f"{p}.self_attn.o_proj",), q_out, h)
+    )
+    if norms:
+        weight += len(r.attn_norms) * h * 2  # RMSNorm/LayerNorm weight_footprint() = hidden_size * 2
+    if spec.use_qk_norm:
+        weight += 2 * h * 2  # headnorm.py weight_footprint() = hidden_size * 2 (q_norm and k_norm)
+    state = rows * max(q_out, h) * 2 + 128
+    dq = max(_dq(h, q_out), _dq(h, kv_out), _dq(q_out, h))
+    temp_q = rows * q_out * 2 + 128
+    temp_kv_proj = 2 * (rows * kv_out * 2 + 128)
+    temp_kv = 0 if kvh == heads else 2 * max_seq_len * batch * q_out * 2 + 128
+    return weight, state + dq, state + temp_q + temp_kv_proj + dq + temp_kv
+
+
+def _mlp(spec: ModelSpec, layer: int, rows: int, *, norms: bool) -> tuple[int, int]:
+    """(weight, scratch_fixed == scratch) of ExLlamaV2MLP."""
+    h, inter, p, r = spec.hidden_size, spec.intermediate_size, f"model.layers.{layer}", spec.rules
+    weight = _linear_footprint(spec, (f"{p}.mlp.up_proj",), h, inter) + _linear_footprint(
+        spec, (f"{p}.mlp.down_proj",), inter, h
+    )
+    dq = max(_dq(h, inter), _dq(inter, h))
+    if r.mlp_gate:
+        weight += _linear_footprint(spec, (f"{p}.mlp.gate_proj",), h, inter)
+        dq = max(dq, _dq(h, inter))
+    if norms:
+        weight += len(r.mlp_norms) * h * 2
+    state = rows * h * 2 + 128
+    temp_ab = 2 * (rows * max(h, inter) * 2 + 128)
+    return weight, state + temp_ab + dq
+
+
+def _moe(spec: ModelSpec, layer: int, rows: int) -> tuple[int, int]:
+    """(weight, scratch_fixed == scratch) of ExLlamaV2MoEMLP."""
+    h, inter, experts = spec.hidden_size, spec.intermediate_size, spec.num_experts or 0
+    p = f"model.layers.{layer}.block_sparse_moe"
+    weight = h * 2 + _linear_footprint(spec, (f"{p}.gate",), h, experts, pad32=False)
+    for e in range(experts):
+        weight += _linear_footprint(spec, (f"{p}.experts.{e}.w1",), h, inter)
+        weight += _linear_footprint(spec, (f"{p}.experts.{e}.w2",), inter, h)
+        weight += _linear_footprint(spec, (f"{p}.experts.{e}.w3",), h, inter)
+    scratch = 2 * (rows * h * 2 + 128) + 2 * (rows * inter * 2 + 128) + (rows * experts * 2 + 128)
+    scratch += max(_dq(h, inter), _dq(inter, h))
+    return weight, scratch
+
+
+def _exl2_resident_extra(spec: ModelSpec) -> dict[str, int]:
+    """Per module prefix ("model.layers.3.self_attn", "lm_head"): the bytes make_q_matrix adds on the GPU
+    over the file, 4 per input row of each EXL2 linear, i.e. the size of its stored int32 q_invperm."""
+    out: dict[str, int] = {}
+    for name, nbytes in spec.tensor_bytes.items():
+        if name.endswith(".q_invperm"):
+            prefix = ".".join(name.split(".")[:4]) if name.startswith("model.layers.") else name.split(".")[0]
+            out[prefix] = out.get(prefix, 0) + nbytes
+    return out
+
+
+def module_costs(
+    spec: ModelSpec, max_input_len: int = 2048, max_batch_size: int = 1, max_seq_len: int | None = None
+) -> list[ModuleCost]:
+    """exllamav2's modules in its order: embedding (CPU), per layer attn + mlp/moe (or one parallel decoder),
+    final norm, lm_head. `max_seq_len` (config.max_seq_len, default the model's) only enters scratch_bytes."""
+    if max_input_len <= 0 or max_batch_size <= 0:
+        raise ValueError("max_input_len and max_batch_size must be positive")
+    seq = spec.max_position_embeddings if max_seq_len is None else max_seq_len
+    rows = max_input_len * max_batch_size
+    h, vocab, r = spec.hidden_size, spec.vocab_size, spec.rules
+    extra = _exl2_resident_extra(spec)
+    costs = [ModuleCost("model.embed_tokens", "embedding", None, vocab * h * 2, 0, 0, on_cpu=True)]
+    for layer in range(spec.num_hidden_layers):
+        key = f"model.layers.{layer}"
+        if r.parallel_decoder:  # Cohere: one module holds the layer's attention and MLP
+            aw, af, as_ = _attn(spec, layer, rows, seq, max_batch_size, norms=False)
+            mw, mf = _mlp(spec, layer, rows, norms=False)
+            extra_pd = extra.get(f"{key}.self_attn", 0) + extra.get(f"{key}.mlp", 0)
+            costs.append(
+                ModuleCost(
+                    key,
+                    "parallel_decoder",
+                    layer,
+                    weight_bytes=h * 2 + aw + mw,
+                    scratch_fixed_bytes=max(af, mf),
+                    scratch_bytes=max(as_, mf),
+                    load_extra_bytes=extra_pd,
+                )
+            )
+            continue
+        aw, af, as_ = _attn(spec, layer, rows, seq, max_batch_size, norms=True)
+        costs.append(
+            ModuleCost(
+                f"{key}.self_attn",
+                "attn",
+                layer,
+                weight_bytes=aw,
+                scratch_fixed_bytes=af,
+                scratch_bytes=as_,
+                load_extra_bytes=extra.get(f"{key}.self_attn", 0),
+            )
+        )
+        mw, mf = _moe(spec, layer, rows) if r.moe else _mlp(spec, layer, rows, norms=True)
+        costs.append(
+            ModuleCost(
+                f"{key}.mlp",
+                "moe" if r.moe else "mlp",
+                layer,
+                weight_bytes=mw,
+                scratch_fixed_bytes=mf,
+                scratch_bytes=mf,
+                load_extra_bytes=extra.get(f"{key}.block_sparse_moe" if r.moe else f"{key}.mlp", 0),
+            )
+        )
+    costs.append(ModuleCost("model.norm", "norm", None, weight_bytes=h * 2, scratch_fixed_bytes=0))
+    tied = r.lm_head != "lm_head" or spec.tie_word_embeddings  # model.py sets head.alt_key then
+    head_keys = ("lm_head", "model.embed_tokens") if tied else ("lm_head",)
+    head_dq = _dq(h, vocab)  # lm_head is not a sub-module: no temp_fwd, only its dequant buffer
+    costs.append(
+        ModuleCost(
+            "lm_head",
+            "lm_head",
+            None,
+            weight_bytes=_linear_footprint(spec, head_keys, h, vocab),
+            scratch_fixed_bytes=head_dq,
+            scratch_bytes=head_dq,
+            load_extra_bytes=extra.get("lm_head", 0),
+        )
+    )
+    return costs
+
+
+def fixed_scratch_bytes(costs: Iterable[ModuleCost]) -> int:
+    """The scratch tensor one device gets: max scratch_space_fixed() over `costs` (autosplit: all modules,
+    model.py; manual split: the modules on that device), allocated as `bytes // 2` halves (device.py)."""
+    largest = max((c.scratch_fixed_bytes for c in costs), default=0)
+    return largest // 2 * 2
+
+
+def gpu_weight_bytes(costs: Iterable[ModuleCost], *, resident: bool = False) -> int:
+    """Weights on the GPUs as exllamav2 counts them; resident=True adds the EXL2 load extras."""
+    return sum(c.weight_bytes + (c.load_extra_bytes if resident else 0) for c in costs if not c.on_cpu)
+
+
+def rope_bytes(spec: ModelSpec, max_seq_len: int) -> int:
+    """device.py prepare_sincos: fp16 sin + cos of (max_seq_len, 2 * len(inv_freq)) per device, where
+    inv_freq = arange(0, int(head_dim * partial_rotary_factor), 2). One table set per RoPE base (one for
+    every architecture modelled here; Gemma-3's alternate base would double it)."""
+    rotary = int(spec.head_dim * spec.partial_rotary_factor)
+    width = 2 * ((rotary + 1) // 2)
+    return 2 * max_seq_len * width * 2
+
+
+def manual_split_attn_reserve_bytes(
+    spec: ModelSpec, max_attention_size: int, max_seq_len: int, *, flash_or_xformers: bool
+) -> int:
+    """attn.py temp_attn_size(): what `set_device_map` (manual gpu_split) reserves for attention, including
+    its `eff = sqrt(max_attention_size) / 190` fudge when flash-attn or xformers is importable."""
+    att_max = min(max_attention_size, max_seq_len**2)
+    if flash_or_xformers:
+        eff = max_attention_size**0.5 / 190
+        att_max //= eff  # float floor division, exactly as attn.py does it
+    return int(2 * att_max * spec.num_attention_heads * 2 + 128)
+
+
+# --------------------------------------------------------------------------------------------------
+# Transients (estimated from attn.py; the peak of one attention layer, reused layer by layer)
+# --------------------------------------------------------------------------------------------------
+
+
+def attention_transient_bytes(
+    spec: ModelSpec,
+    backend: str,
+    max_input_len: int,
+    max_attention_size: int,
+    max_seq_len: int,
+    batch_size: int = 1,
+    *,
+    path: str = "dynamic",
+) -> int:
+    """Peak bytes one attention call allocates outside the cache and the scratch tensor, at the worst chunk.
+
+    path="dynamic": the dynamic generator's prefill (`forward_chunk`, chunks of max_input_len up to the end
+    of the cache; max_attention_size does not apply). path="forward": `model.forward`, which for backends
+    other than flash/xformers cuts chunks so that chunk * (past + chunk) <= max_attention_size.
+    Per attn.py `forward`: q_states (q*H*d fp16) always; K/V projections go straight into an FP16 cache at
+    batch 1, else two (q*Hkv*d) tensors. Then:
+      flash_attn  native GQA: output q*H*d + fp32 log-sum-exp H*q
+      xformers    repeat_kv expands K and V to H heads over all keys: 2*k*H*d; output; fp32 LSE
+      sdpa        repeat_kv as xformers; output + fp32 LSE (memory-efficient kernel assumed, not verified)
+      matmul      repeat_kv K; weights H*q*k fp16, two copies alive at the mask add / softmax; the fp16
+                  causal mask (q*k); then repeat_kv V, the output and its reshape copy; plus the copies
+                  torch.matmul makes of non-contiguous operands when batch > 1
+    Checked byte for byte against the real `_attn_torch` on CPU (tests/test_memory_transients.py).
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if path not in ("dynamic", "forward"):
+        raise ValueError("path must be 'dynamic' or 'forward'")
+    heads, kvh, d = spec.num_attention_heads, spec.num_key_value_heads, spec.head_dim
+    b = batch_size
+    q = min(max_input_len, max_seq_len)
+    k = max_seq_len
+    if path == "forward" and backend in ("sdpa", "matmul") and q * k > max_attention_size:
+        past = max_seq_len - q  # the chunk that ends the context: model.py shrinks it to fit
+        q = max(1, math.floor((math.sqrt(past**2 + 4 * max_attention_size) - past) / 2))
+        k = past + q
+    q_states = b * q * heads * d * 2
+    kv_proj = 0 if b == 1 else 2 * b * q * kvh * d * 2
+    out = b * q * heads * d * 2
+    lse = b * heads * q * 4
+    expand = b * k * heads * d * 2 if kvh != heads else 0  # one of K or V at H heads (repeat_kv)
+    if backend == "flash_attn":
+        return q_states + kv_proj + out + lse
+    if backend in ("xformers", "sdpa"):
+        return q_states + kv_proj + 2 * expand + out + lse
+    weights = b * heads * q * k * 2
+    # built once per forward (attn_params.build_attn_mask), alive through every layer; none for q == 1
+    mask = b * q * k * 2 if q > 1 else 0
+    # torch.matmul copies a non-contiguous operand it cannot fold into bmm's batch dimension: the
+    # transposed q, and (MHA, where repeat_kv returns the cache view itself) K and V, once batch > 1.
+    q_copy = b * q * heads * d * 2 if b > 1 else 0
+    kv_copy = b * k * heads * d * 2 if b > 1 and kvh == heads else 0
+    out_copy = out if q > 1 and heads > 1 else 0  # (b, H, q, d) -> (b, q, H*d) is a view only then
+    stages = (
+        expand + q_copy + kv_copy + weights + mask,  # q @ K^T
+        expand + mask + 2 * weights,  # + mask, softmax: each makes a new tensor
+        expand + mask + weights + expand + kv_copy + out,  # weights @ V
+        expand + mask + weights + expand + out + out_copy,  # transpose + reshape copies the output
+    )
+    return q_states + kv_proj + max(stages)
+
+
+def forward_activation_bytes(spec: ModelSpec, max_input_len: int, batch_size: int = 1) -> int:
+    """Hidden state of a chunk kept across modules (estimate): the state plus its residual copy, in fp32 for
+    architectures with an fp32 residual stream (Gemma-2, architecture.py residual_stream_fp32)."""
+    per = 4 if spec.rules.residual_fp32 else 2
+    return 2 * batch_size * max_input_len * spec.hidden_size * per
+
+
+def logits_bytes(spec: ModelSpec, rows: int) -> int:
+    """fp16 logits for `rows` output positions over the padded vocabulary (linear.py pad32)."""
+    return rows * _pad32(spec.vocab_size) * 2

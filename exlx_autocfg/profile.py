@@ -1,0 +1,481 @@
+"""The profile file: the settings a plan chose, what they were computed for, and why.
+
+A profile is TOML (humans may edit it) with four parts: `[settings]` (what the loader applies to
+ExLlamaV2), `[computed_for]` (the GPUs, libraries, interpreter and model fingerprint the plan saw, which
+`staleness` compares with fresh facts), `[[reasons]]` (the planner's decisions) and `[request]` (the plan
+options, so a stale profile can be re-planned the same way). docs/profile.md describes every key.
+
+Reading validates strictly: a typo, an unknown value, a negative length or a wrong type is a `ProfileError`
+whose one-line message names the key. Writing is atomic: the complete text goes to a temporary file in the
+same directory, is fsynced and renamed over the target, so readers see either the old or the new profile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import difflib
+import hashlib
+import math
+import os
+import re
+import sys
+import tempfile
+import types
+import typing
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from exlx_autocfg.errors import ProfileError
+from exlx_autocfg.facts import Facts
+from exlx_autocfg.plan_types import BACKENDS, CACHE_MODES, Plan, Reason
+from exlx_autocfg.serde import from_data, to_data
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+PROFILE_SCHEMA = 1
+
+# The libraries whose version, build and import state decide which attention backend exllamav2 can use
+# (exllamav2/attn.py imports flash_attn, xformers.ops and torch's causal_lower_right at import time).
+TRACKED_LIBRARIES: tuple[str, ...] = ("torch", "xformers", "flash-attn", "exllamav2")
+
+# The exllamav2 dynamic generator needs a cache length that is a whole number of 256-token pages, and in
+# paged mode a chunk size that is too (exllamav2/generator/dynamic.py, PAGED_PAGE_SIZE and its asserts).
+PAGE_SIZE = 256
+
+# The switches that turn each backend off, in exllamav2's precedence (attn.py; config.py L184-188).
+BACKEND_SWITCH = {"flash_attn": "no_flash_attn", "xformers": "no_xformers", "sdpa": "no_sdpa"}
+
+
+@dataclass
+class Settings:
+    """What the loader applies: ExLlamaV2Config fields, the cache class, the split and the generator mode."""
+
+    backend: str  # one of BACKENDS; realised by the no_* switches below
+    cache_mode: str  # one of CACHE_MODES
+    max_seq_len: int
+    max_input_len: int  # the chunk size
+    max_attention_size: int
+    max_batch_size: int = 1
+    paged: bool = False  # dynamic generator paged mode (flash-attn >= 2.5.7 only)
+    no_flash_attn: bool = False
+    no_xformers: bool = False
+    no_sdpa: bool = False
+    gpu_split: list[float] | None = None  # GB of weights per GPU in CUDA order (exllamav2's manual split)
+    autosplit: bool = False
+    reserve_bytes: list[int] = field(default_factory=list)  # autosplit reserve_vram per CUDA device
+
+
+@dataclass
+class GPUStamp:
+    index: int  # NVML index
+    name: str
+    memory_total: int  # bytes
+    uuid: str | None = None
+    pci_bus_id: str | None = None
+    compute_capability: str | None = None
+    cuda_index: int | None = None
+    used: bool = True  # whether the plan puts anything on it
+    vendor: str = "nvidia"  # nvidia | amd
+
+
+@dataclass
+class LibraryStamp:
+    installed: bool
+    version: str | None = None
+    local_tag: str | None = None  # build tag: "cu121", "rocm6.1"
+    import_status: str = "not-tried"
+    import_error: str | None = None
+    ops_error: str | None = None  # compiled ops that do not load (xformers C++ lib, flash_attn_2_cuda, ext)
+    ext: str | None = None  # exllamav2 only: prebuilt | prebuilt-broken | jit-cached | jit-needed
+    import_paths: dict[str, bool] = field(default_factory=dict)  # xformers only: which names resolve
+
+
+@dataclass
+class ModelStamp:
+    name: str
+    dir: str | None = None
+    fingerprint: str | None = None  # sha256 over config.json and the safetensors headers
+    architecture: str = ""
+
+
+@dataclass
+class ComputedFor:
+    model: ModelStamp
+    gpus: list[GPUStamp] = field(default_factory=list)
+    libraries: dict[str, LibraryStamp] = field(default_factory=dict)
+    python: str = ""  # the interpreter the facts describe
+    python_version: str = ""
+    driver_version: str | None = None
+    what_if: bool = False
+    machine: str = ""  # machine identity: hash of the GPUs and the interpreter
+
+
+@dataclass
+class Profile:
+    settings: Settings
+    computed_for: ComputedFor
+    reasons: list[Reason] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    request: dict[str, Any] = field(default_factory=dict)
+    tool_version: str = ""
+    created: str = ""  # ISO 8601 UTC
+    schema: int = PROFILE_SCHEMA
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Building a profile from a plan and the facts it was made from (pure)
+
+
+def settings_from_plan(plan: Plan) -> Settings:
+    return Settings(
+        backend=plan.backend,
+        cache_mode=plan.cache_mode,
+        max_seq_len=plan.max_seq_len,
+        max_input_len=plan.chunk_size,
+        max_attention_size=plan.max_attention_size,
+        max_batch_size=plan.max_batch_size,
+        paged=plan.paged,
+        no_flash_attn=plan.no_flash_attn,
+        no_xformers=plan.no_xformers,
+        no_sdpa=plan.no_sdpa,
+        gpu_split=list(plan.gpu_split) if plan.gpu_split is not None else None,
+        autosplit=plan.autosplit,
+        reserve_bytes=list(plan.autosplit_reserve_bytes),
+    )
+
+
+def stamp_libraries(facts: Facts) -> dict[str, LibraryStamp]:
+    """The library facts that matter to exllamav2's backend choice, as the profile records them."""
+    stamps = {}
+    for name in TRACKED_LIBRARIES:
+        lib = facts.lib(name)
+        details = lib.details or {}
+        ops_error = (details.get("cpp_load_error") or details.get("cuda_module_error")
+                     or details.get("func_error") or details.get("ext_error"))
+        paths = details.get("import_paths") if name == "xformers" else None
+        stamps[name] = LibraryStamp(
+            installed=lib.installed,
+            version=lib.version,
+            local_tag=lib.local_tag,
+            import_status=lib.import_status,
+            import_error=_one_line(lib.import_error),
+            ops_error=_one_line(ops_error) if isinstance(ops_error, str) else None,
+            ext=details.get("ext") if name == "exllamav2" else None,
+            import_paths={str(k): bool(v) for k, v in (paths or {}).items()},
+        )
+    return stamps
+
+
+def stamp_gpus(facts: Facts, used_indices: set[int] | None = None) -> list[GPUStamp]:
+    return [
+        GPUStamp(
+            index=g.index,
+            name=g.name,
+            memory_total=g.memory_total,
+            uuid=g.uuid,
+            pci_bus_id=g.pci_bus_id,
+            compute_capability=g.compute_capability,
+            cuda_index=g.cuda_index,
+            used=used_indices is None or g.index in used_indices,
+            vendor=g.vendor,
+        )
+        for g in facts.gpu.gpus
+    ]
+
+
+def computed_for_facts(facts: Facts, model: ModelStamp, used_indices: set[int] | None = None) -> ComputedFor:
+    """What a profile records about the machine and the model (also the 'fresh' side of a staleness check)."""
+    return ComputedFor(
+        model=model,
+        gpus=stamp_gpus(facts, used_indices),
+        libraries=stamp_libraries(facts),
+        python=facts.python.executable,
+        python_version=facts.python.version,
+        driver_version=facts.gpu.driver_version,
+        what_if=facts.what_if,
+        machine=machine_identity(facts),
+    )
+
+
+def profile_from_plan(plan: Plan, facts: Facts, *, created: str | None = None) -> Profile:
+    model = ModelStamp(
+        name=plan.model.name,
+        dir=plan.model.path,
+        fingerprint=plan.model.fingerprint,
+        architecture=plan.model.architecture,
+    )
+    used = {g.index for g in plan.gpus}
+    return Profile(
+        settings=settings_from_plan(plan),
+        computed_for=computed_for_facts(facts, model, used),
+        reasons=[dataclasses.replace(r, rejected=dict(r.rejected)) for r in plan.reasons],
+        warnings=list(plan.warnings),
+        request={k: v for k, v in plan.request.items() if v is not None},
+        tool_version=plan.tool_version or _tool_version(),
+        created=created or datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )
+
+
+def machine_identity(facts: Facts) -> str:
+    """A short, stable id for (these GPUs, this interpreter): UUIDs are unique per board, so two machines
+    never share one; without UUIDs (what-if, some AMD readers) name, VRAM and bus stand in."""
+    gpus = sorted(g.uuid or f"{g.name}|{g.memory_total}|{g.pci_bus_id}" for g in facts.gpu.gpus)
+    text = "\n".join([*gpus, facts.python.executable])
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def default_profiles_dir() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir("exlx-autocfg")) / "profiles"
+
+
+def default_profile_path(model_name: str, model_fingerprint: str | None, machine: str) -> Path:
+    """One file per (model fingerprint, machine identity) under the user config dir."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", model_name).strip("-.")[:60] or "model"
+    fp = (model_fingerprint or "nofingerprint")[:12]
+    return default_profiles_dir() / f"{slug}-{fp}-{machine}.toml"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Text form
+
+
+def render_profile(profile: Profile) -> str:
+    """The TOML text of a profile (validated first, so an invalid profile is never written)."""
+    validate_profile(profile)
+    cf = profile.computed_for
+    gpus = ", ".join(g.name for g in cf.gpus if g.used) or "no GPU"
+    header = (
+        f"# exlx-autocfg profile: ExLlamaV2 settings for {_one_line(cf.model.name)} on {_one_line(gpus)}.\n"
+        "# [settings] may be edited by hand; `exlx-autocfg verify PROFILE` checks it against this machine,\n"
+        "# `exlx-autocfg show PROFILE` explains it. Format: docs/profile.md.\n"
+    )
+    data = _drop_none(to_data(profile))
+    first = ("schema", "tool_version", "created", "warnings")  # the identity lines on top, then the tables
+    ordered = {k: data[k] for k in first if k in data} | {k: v for k, v in data.items() if k not in first}
+    return header + tomli_w.dumps(ordered)
+
+
+def parse_profile(text: str, source: str = "<profile>") -> Profile:
+    """Parse and validate profile text; every problem is a one-line `ProfileError` naming the key."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ProfileError(f"profile {source}: not valid TOML: {exc}") from None
+    schema = data.get("schema")
+    if schema is not None and schema != PROFILE_SCHEMA:
+        raise ProfileError(
+            f"profile {source}: schema: version {schema!r} is not supported "
+            f"(this tool reads {PROFILE_SCHEMA})",
+            hint="re-create it with `exlx-autocfg profile`",
+        )
+    try:
+        _check_keys(Profile, data, "")
+        profile = from_data(Profile, data)
+    except (TypeError, ValueError) as exc:
+        message = str(exc).removeprefix("Profile.")
+        raise ProfileError(f"profile {source}: {message}") from None
+    except ProfileError as exc:
+        raise ProfileError(f"profile {source}: {exc.message}", hint=exc.hint) from None
+    try:
+        validate_profile(profile)
+    except ProfileError as exc:
+        raise ProfileError(f"profile {source}: {exc.message}", hint=exc.hint) from None
+    return profile
+
+
+def read_profile(path: str | os.PathLike[str]) -> Profile:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ProfileError(f"profile {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProfileError(f"profile {path}: cannot read: {exc}") from None
+    return parse_profile(text, str(path))
+
+
+def write_profile(profile: Profile, path: str | os.PathLike[str]) -> Path:
+    """Write atomically: render fully, write a temp file beside the target, fsync, rename, fsync the dir.
+
+    An existing profile is replaced only by a complete new one; on any failure the old file is untouched
+    and no temporary file is left behind.
+    """
+    path = Path(path)
+    text = render_profile(profile)  # may raise: nothing has touched the disk yet
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise ProfileError(f"cannot write profile {path}: {exc.strerror or exc}") from None
+    try:
+        # mkstemp makes the file 0600; keep the mode of the profile being replaced, else a normal 0644.
+        os.fchmod(fd, path.stat().st_mode & 0o777 if path.exists() else 0o644)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(text.encode("utf-8"))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp_name, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_name)
+        if isinstance(exc, OSError):
+            raise ProfileError(f"cannot write profile {path}: {exc.strerror or exc}") from None
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Makes the rename itself durable; not possible on every platform/filesystem, and not needed for
+    # atomicity (readers already see old or new), so failures here are ignored.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Validation
+
+
+def validate_profile(profile: Profile) -> None:
+    """Semantic checks on top of the types; raises `ProfileError` naming the first bad key."""
+    if profile.schema != PROFILE_SCHEMA:
+        _bad("schema", f"version {profile.schema!r} is not supported (this tool reads {PROFILE_SCHEMA})")
+    validate_settings(profile.settings)
+    for i, g in enumerate(profile.computed_for.gpus):
+        if g.memory_total < 0:
+            _bad(f"computed_for.gpus[{i}].memory_total", f"must not be negative, got {g.memory_total}")
+
+
+def validate_settings(s: Settings) -> None:
+    """What ExLlamaV2 and its dynamic generator accept, and switches that realise the backend."""
+    if s.backend not in BACKENDS:
+        _bad("settings.backend", f"{s.backend!r} is not one of {', '.join(BACKENDS)}")
+    if s.cache_mode not in CACHE_MODES:
+        _bad("settings.cache_mode", f"{s.cache_mode!r} is not one of {', '.join(CACHE_MODES)}")
+    for key in ("max_seq_len", "max_input_len", "max_attention_size", "max_batch_size"):
+        value = getattr(s, key)
+        if value <= 0:
+            _bad(f"settings.{key}", f"must be a positive integer, got {value}")
+    if s.max_seq_len % PAGE_SIZE:
+        _bad(
+            "settings.max_seq_len",
+            f"{s.max_seq_len} is not a multiple of {PAGE_SIZE} (exllamav2's dynamic generator needs whole "
+            f"{PAGE_SIZE}-token pages; try {max(PAGE_SIZE, s.max_seq_len // PAGE_SIZE * PAGE_SIZE)})",
+        )
+    if s.paged:
+        if s.backend != "flash_attn":
+            _bad("settings.paged", f"needs backend 'flash_attn', the profile's backend is {s.backend!r}")
+        if s.max_input_len % PAGE_SIZE:
+            _bad("settings.max_input_len", f"{s.max_input_len} is not a multiple of {PAGE_SIZE} (paged mode)")
+    # The switches must realise the backend: every backend ahead of it in exllamav2's precedence is off,
+    # its own switch is on (attn.py forward: flash, then xformers, then SDPA, then matmul).
+    for backend in BACKENDS:
+        switch = BACKEND_SWITCH.get(backend)
+        if backend == s.backend:
+            if switch and getattr(s, switch):
+                _bad(f"settings.{switch}", f"is true, which turns off the profile's backend {s.backend!r}")
+            break
+        if not getattr(s, switch):
+            _bad(
+                f"settings.{switch}",
+                f"must be true for backend {s.backend!r} (otherwise exllamav2 prefers {backend})",
+            )
+    if s.gpu_split is not None:
+        if s.autosplit:
+            _bad("settings.gpu_split", "cannot be combined with autosplit = true")
+        if not s.gpu_split:
+            _bad("settings.gpu_split", "must list at least one GPU (or be removed)")
+        for i, gb in enumerate(s.gpu_split):
+            if not math.isfinite(gb) or gb < 0:
+                _bad(f"settings.gpu_split[{i}]", f"must be a finite number >= 0, got {gb}")
+    for i, b in enumerate(s.reserve_bytes):
+        if b < 0:
+            _bad(f"settings.reserve_bytes[{i}]", f"must not be negative, got {b}")
+
+
+def _bad(key: str, message: str) -> typing.NoReturn:
+    raise ProfileError(f"{key}: {message}")
+
+
+def _check_keys(tp: Any, value: Any, path: str) -> None:
+    """Unknown keys (typos) and missing required keys, with the dotted key in the message."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            if arg is not type(None) and _shape_matches(arg, value):
+                _check_keys(arg, value, path)
+        return
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            return  # from_data reports the wrong type with the same key
+        hints = typing.get_type_hints(tp)
+        fields = {f.name: f for f in dataclasses.fields(tp)}
+        for key in value:
+            if key not in fields:
+                close = difflib.get_close_matches(key, list(fields), n=1)
+                hint = f" (did you mean {_join(path, close[0])}?)" if close else ""
+                known = "" if close else f" (known keys: {', '.join(fields)})"
+                raise ProfileError(f"{_join(path, key)}: unknown key{hint}{known}")
+        for name, f in fields.items():
+            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            if required and name not in value:
+                raise ProfileError(f"{_join(path, name)}: missing")
+            if name in value:
+                _check_keys(hints[name], value[name], _join(path, name))
+    elif origin in (list, tuple) and isinstance(value, list):
+        item = (typing.get_args(tp) or (Any,))[0]
+        for i, v in enumerate(value):
+            _check_keys(item, v, f"{path}[{i}]")
+    elif origin is dict and isinstance(value, dict):
+        _, val_tp = typing.get_args(tp) or (str, Any)
+        for k, v in value.items():
+            _check_keys(val_tp, v, _join(path, k))
+
+
+def _shape_matches(tp: Any, value: Any) -> bool:
+    if dataclasses.is_dataclass(tp) or typing.get_origin(tp) is dict:
+        return isinstance(value, dict)
+    if typing.get_origin(tp) in (list, tuple):
+        return isinstance(value, list)
+    return False
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _drop_none(value: Any) -> Any:
+    """TOML has no null: absent keys take their defaults (None, or an empty table) when read back."""
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None and v != {}}
+    if isinstance(value, list):
+        return [_drop_none(v) for v in value]
+    return value
+
+
+def _one_line(text: str | None) -> str | None:
+    return " ".join(text.split()) if text else text
+
+
+def _tool_version() -> str:
+    from exlx_autocfg import __version__
+
+    return __version__
