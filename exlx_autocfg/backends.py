@@ -166,12 +166,8 @@ class FlashAttn:
     @staticmethod
     def validate(q: BackendQuery) -> list[str]:
         r = rules()["flash_attn"]
-        version, reasons = _installed(q, r["package"])
-        if version is None:
-            return reasons
-        v = version_of(version)
-        if v is None or _base(v) < Version(r["min_version"]):
-            reasons.append(f"flash-attn {version} < {r['min_version']}: exllamav2 does not use it")
+        # The hardware reason first: it holds whatever gets installed, so it is the one users need.
+        reasons: list[str] = []
         if q.rocm:
             reasons.append(
                 "ROCm: flash-attn is not used on HIP (TabbyAPI compatibility mode sets no_flash_attn)"
@@ -184,6 +180,13 @@ class FlashAttn:
                     f"{gpu.name} has compute capability {cc[0]}.{cc[1]} < {r['min_cc']} "
                     '("FlashAttention only supports Ampere GPUs or newer")'
                 )
+        version, missing = _installed(q, r["package"])
+        reasons += missing
+        if version is None:
+            return reasons
+        v = version_of(version)
+        if v is None or _base(v) < Version(r["min_version"]):
+            reasons.append(f"flash-attn {version} < {r['min_version']}: exllamav2 does not use it")
         features = _details(q, r["package"]).get("features") or flash_features(version)
         if q.softcap and not features.get("softcap"):
             reasons.append(
@@ -212,15 +215,18 @@ class Xformers:
         exl2 = q.exllamav2_version
         if exl2 < Version(r["min_exllamav2"]):
             return [f"exllamav2 {q.exllamav2} has no xformers path (added in {r['min_exllamav2']})"]
-        version, reasons = _installed(q, r["package"])
-        if version is None:
-            return reasons
-        details = _details(q, r["package"])
-        release = xformers_release(version)
+        # What the model needs first: no xformers release can serve it.
+        reasons: list[str] = []
         if q.softcap:
             reasons.append("the model needs logit softcapping, which the xformers path ignores")
         if q.sliding_window:
             reasons.append("the model needs sliding-window attention, which the xformers path ignores")
+        version, missing = _installed(q, r["package"])
+        reasons += missing
+        if version is None:
+            return reasons
+        details = _details(q, r["package"])
+        release = xformers_release(version)
         # The mask import exllamav2 performs at `import exllamav2`.
         wanted = next((row for row in r["mask_import"] if exl2 in SpecifierSet(row["exllamav2"])), None)
         if wanted is not None:
