@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from exlx_autocfg import backends
 from exlx_autocfg.errors import ExlxError, ModelSpecError, StaleProfileError, UsageError
 from exlx_autocfg.facts import Facts
 from exlx_autocfg.plan_types import BACKENDS
@@ -272,9 +273,7 @@ def switches_for(backend: str) -> dict[str, bool]:
     """The no_* switches that make exllamav2 pick `backend`: every backend ahead of it off, its own on."""
     if backend not in BACKENDS:
         raise UsageError(f"backend: {backend!r} is not one of {', '.join(BACKENDS)}")
-    ahead = BACKENDS[: BACKENDS.index(backend)]
-    return {switch: b in ahead for b, switch in (("flash_attn", "no_flash_attn"), ("xformers", "no_xformers"),
-                                                  ("sdpa", "no_sdpa"))}
+    return backends.switches_for(backend, rejected={})
 
 
 def env_switches(settings: Settings) -> dict[str, bool]:
