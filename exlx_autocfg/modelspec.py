@@ -501,8 +501,10 @@ def load_model_spec(ref: str | os.PathLike[str], *, bpw: float | None = None) ->
     match = _REF.match(text.strip())
     model_id = resolve_catalog_id(match.group("id")) if match else None
     if model_id is None:
-        if _looks_like_path(text) or path.exists():
-            raise ModelSpecError(f"{text}: not a model directory")
+        if path.exists():
+            raise ModelSpecError(f"{text}: not a model directory (give the folder holding config.json)")
+        if _looks_like_path(text):
+            raise ModelSpecError(f"{text}: no such directory")
         known = ", ".join(sorted(catalog()))
         raise ModelSpecError(
             f"unknown model {text!r}: not a directory and not in the catalog (known: {known})"

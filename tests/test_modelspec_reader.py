@@ -95,7 +95,9 @@ def _expect(ref, *fragments):
 
 def test_unknown_catalog_name_and_missing_directory(tmp_path):
     _expect("gpt-5@4.0", "unknown model 'gpt-5@4.0'", "yi-34b")
-    _expect(str(tmp_path / "nowhere"), "not a model directory")
+    _expect(str(tmp_path / "nowhere"), "nowhere: no such directory")
+    (tmp_path / "file.txt").write_text("x")
+    _expect(str(tmp_path / "file.txt"), "not a model directory", "config.json")
     _expect("yi-34b@1.0", "between 2.0 and 8.0")
 
 
