@@ -120,3 +120,24 @@ def test_console_script_end_to_end(tmp_path):
     assert proc.stderr == (f"exlx-autocfg: error: profile {path}: settings.cache_mode: 'Q3' is not one of "
                            "FP16, Q8, Q6, Q4\n")
     assert proc.stdout == ""
+
+
+def test_verify_a_what_if_profile_compares_with_this_machine(tmp_path, monkeypatch, capsys):
+    model_dir = make_model_dir(tmp_path, "tiny-llama", quant="fp16")
+    path = tmp_path / "p.toml"
+    assert run(["profile", str(model_dir), "--gpu", "3090", "--out", str(path)]) == 0
+    assert read_profile(path).computed_for.what_if
+    calls = []
+
+    def fake_detect(python=None, **kw):
+        calls.append(python)
+        return samples.facts()  # this machine: a 2080 Ti, not the 3090 the what-if profile assumed
+
+    monkeypatch.setattr("exlx_autocfg.detection.detect", fake_detect)
+    capsys.readouterr()
+    assert run(["verify", str(path)]) == 1
+    assert calls == [None]  # probes this interpreter: a what-if profile has no interpreter of its own
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("note: the profile is a what-if plan")
+    replan = next(line for line in out if "re-plan with:" in line)
+    assert "--python" not in replan and f"--out {path}" in replan

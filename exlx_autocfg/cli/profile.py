@@ -95,7 +95,9 @@ def verify_command(
     profile = read_profile(profile_path)
     recorded = profile.computed_for.python
     note = None
-    if python is None and recorded:
+    if python is None and profile.computed_for.what_if:
+        note = "the profile is a what-if plan (--gpu/--assume): compared with this machine and interpreter"
+    elif python is None and recorded:
         if Path(recorded).exists():
             python = recorded
         else:
@@ -213,8 +215,10 @@ def replan_command(profile: Profile, path: Path) -> str:
         flag, default = _REQUEST_FLAGS.get(key, (None, None))
         if flag and value != default:
             args += [flag, str(value)]
-    if profile.computed_for.python:
-        args += ["--python", profile.computed_for.python]
+    recorded = profile.computed_for.python
+    # A what-if profile re-plans for this machine; a vanished interpreter cannot be probed.
+    if recorded and not profile.computed_for.what_if and Path(recorded).exists():
+        args += ["--python", recorded]
     return shlex.join([*args, "--out", str(path)])
 
 
