@@ -12,7 +12,6 @@ same directory, is fsynced and renamed over the target, so readers see either th
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import difflib
 import hashlib
@@ -20,7 +19,6 @@ import math
 import os
 import re
 import sys
-import tempfile
 import types
 import typing
 from dataclasses import dataclass, field
@@ -30,6 +28,7 @@ from typing import Any
 
 import tomli_w
 
+from exlx_autocfg.atomic import write_text_atomic
 from exlx_autocfg.errors import ProfileError
 from exlx_autocfg.facts import Facts
 from exlx_autocfg.plan_types import BACKENDS, CACHE_MODES, Plan, Reason
@@ -313,41 +312,9 @@ def write_profile(profile: Profile, path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     text = render_profile(profile)  # may raise: nothing has touched the disk yet
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        return write_text_atomic(path, text)
     except OSError as exc:
         raise ProfileError(f"cannot write profile {path}: {exc.strerror or exc}") from None
-    try:
-        # mkstemp makes the file 0600; keep the mode of the profile being replaced, else a normal 0644.
-        os.fchmod(fd, path.stat().st_mode & 0o777 if path.exists() else 0o644)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(text.encode("utf-8"))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        if isinstance(exc, OSError):
-            raise ProfileError(f"cannot write profile {path}: {exc.strerror or exc}") from None
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename itself durable; not possible on every platform/filesystem, and not needed for
-    # atomicity (readers already see old or new), so failures here are ignored.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # ---------------------------------------------------------------------------------------------------------

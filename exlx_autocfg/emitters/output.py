@@ -1,17 +1,14 @@
 """Files out: read a target file with one-line errors, write one atomically.
 
-The write goes to a temporary file beside the target, is fsynced and renamed over it, so the target is
-always either the old complete file or the new complete one (the same discipline as profile.py's
-`write_profile`, which is specific to profiles).
+Writes go through `exlx_autocfg.atomic`, as profiles do: the target is always either the old complete
+file or the new complete one.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from pathlib import Path
 
+from exlx_autocfg import atomic
 from exlx_autocfg.errors import InputError
 
 
@@ -30,40 +27,12 @@ def read_text(path: Path, *, missing_ok: bool = False) -> str | None:
         raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
 
 
-def write_text_atomic(path: Path, text: str, *, mode: int | None = None) -> Path:
-    """Replace `path` with `text` atomically; keeps the old file's permission bits (or uses `mode`)."""
-    path = Path(path)
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Replace `path` with `text` atomically (`exlx_autocfg.atomic`); a failure is one InputError line."""
     try:
-        keep_mode = path.stat().st_mode & 0o7777
-    except OSError:
-        keep_mode = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        return atomic.write_text_atomic(path, text)
     except OSError as exc:
         raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(text.encode("utf-8"))
-            fh.flush()
-            os.fsync(fh.fileno())
-        final_mode = mode if mode is not None else keep_mode
-        # mkstemp creates 0600; a config file should read like any other file the user creates.
-        os.chmod(tmp_name, final_mode if final_mode is not None else 0o666 & ~_umask())
-        os.replace(tmp_name, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        if isinstance(exc, OSError):
-            raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
-        raise
-    return path
-
-
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
 
 
 BLOCK_BEGIN = "# >>> exlx-autocfg: managed block, `exlx-autocfg emit --out` replaces it >>>"
