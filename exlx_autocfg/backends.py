@@ -38,7 +38,7 @@ def version_of(text: str | None) -> Version | None:
     if not text:
         return None
     try:
-        return Version(Version(text.split("+", 1)[0]).public)
+        return Version(str(text).split("+", 1)[0])
     except InvalidVersion:
         return None
 

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
-from packaging.version import InvalidVersion, Version
+from packaging.version import Version
 
+from exlx_autocfg.backends import version_of
 from exlx_autocfg.data import load_data
 
 
@@ -18,14 +19,8 @@ def rules() -> dict[str, Any]:
     return load_data("checks.toml")
 
 
-def parse_version(text: str | None) -> Version | None:
-    """A comparable version from '2.13.0+cpu', '12.8', '2.8.0.post2'; None when unparseable or missing."""
-    if not text:
-        return None
-    try:
-        return Version(str(text).split("+", 1)[0])
-    except InvalidVersion:
-        return None
+# A comparable version from '2.13.0+cpu', '12.8', '2.8.0.post2'; None when unparseable or missing.
+parse_version = version_of
 
 
 def release(text: str | None, parts: int = 3) -> tuple[int, ...] | None:
