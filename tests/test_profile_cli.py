@@ -141,3 +141,10 @@ def test_verify_a_what_if_profile_compares_with_this_machine(tmp_path, monkeypat
     assert out[0].startswith("note: the profile is a what-if plan")
     replan = next(line for line in out if "re-plan with:" in line)
     assert "--python" not in replan and f"--out {path}" in replan
+
+
+def test_out_under_a_file_names_the_file(model, tmp_path, capsys):
+    blocker = tmp_path / "plain-file"
+    blocker.write_text("x")
+    assert run(["profile", str(model), "--gpu", "3090", "--out", str(blocker / "p.toml")]) == 2
+    assert f"{blocker} is not a directory" in capsys.readouterr().err
