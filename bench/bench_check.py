@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from exlx_autocfg.checks import import_plan, run_checks  # noqa: E402
 from exlx_autocfg.checks.importer import try_import  # noqa: E402
-from exlx_autocfg.detection import detect  # noqa: E402
+from exlx_autocfg.facts.detect import detect  # noqa: E402
 from tests.support.envs import xformers_site  # noqa: E402
 from tests.support.standin import STANDIN_SITE  # noqa: E402
 

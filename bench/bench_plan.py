@@ -17,10 +17,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from exlx_autocfg.errors import DoesNotFitError
-from exlx_autocfg.gpu_table import gpu_table, what_if_facts
-from exlx_autocfg.modelspec import catalog, load_model_spec
-from exlx_autocfg.plan_types import CACHE_MODES
-from exlx_autocfg.planner import plan
+from exlx_autocfg.facts.what_if import gpu_table, what_if_facts
+from exlx_autocfg.model.catalog import catalog
+from exlx_autocfg.model.load import load_model_spec
+from exlx_autocfg.planner.core import plan
+from exlx_autocfg.planner.types import CACHE_MODES
 
 
 def grid() -> None:

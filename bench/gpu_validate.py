@@ -43,12 +43,13 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-# An installed exlx_autocfg (device_run.sh puts one on PYTHONPATH) wins: a bare checkout lacks the
-# `exlx_autocfg.probe` / `exlx_autocfg.profiles` packages that setuptools maps from probe/ and profiles/.
-if importlib.util.find_spec("exlx_autocfg") is None:
-    sys.path.append(str(REPO))
+# The repository gives the dev-only `tools` package. An installed exlx_autocfg (device_run.sh puts one on
+# PYTHONPATH) still wins, being earlier on the path: a bare checkout lacks the `exlx_autocfg.probe` /
+# `exlx_autocfg.profiles` packages that setuptools maps from probe/ and profiles/.
+sys.path.append(str(REPO))
 
-from exlx_autocfg.testmodel import (  # noqa: E402
+import exlx_autocfg  # noqa: E402
+from tools.testmodel import (  # noqa: E402
     SHAPES,
     read_shape,
     reference_attention,
@@ -219,7 +220,7 @@ def install_ext_standin() -> None:
 
 def what_if_h200(facts: Any) -> Any:
     """Dry run: this CPU machine's facts with one H200 as the GPU, so the planner has a target."""
-    from exlx_autocfg.facts import GPU
+    from exlx_autocfg.facts.types import GPU
 
     facts = dataclasses.replace(facts, what_if=True)
     facts.gpu = dataclasses.replace(facts.gpu, gpus=[GPU(
@@ -233,7 +234,7 @@ def what_if_h200(facts: Any) -> Any:
 
 
 def step_probe(ctx: Context, r: StepResult) -> None:
-    from exlx_autocfg.facts import Facts
+    from exlx_autocfg.facts.types import Facts
 
     code = "import sys; from exlx_autocfg.cli import main; sys.argv[0] = 'exlx-autocfg'; main()"
     cmd = [sys.executable, "-c", code, "detect", "--json"]
@@ -374,7 +375,7 @@ def step_build(ctx: Context, r: StepResult) -> None:
 
 def plan_for(facts: Any, spec: Any, **request: Any) -> Any:
     """The planner's answer for one request (kept in one place: the request names are the planner's)."""
-    from exlx_autocfg.planner import plan
+    from exlx_autocfg.planner.core import plan
 
     return plan(facts, spec, **request)
 
@@ -438,8 +439,8 @@ def measure_parts(model: Any, cache: Any) -> dict[str, int]:
 def load_and_measure(ctx: Context, plan: Any, label: str, *, prefill: bool = True) -> dict[str, Any]:
     import torch
 
-    from exlx_autocfg import loader
-    from exlx_autocfg.profile import profile_from_plan
+    from exlx_autocfg.profile import loader
+    from exlx_autocfg.profile.format import profile_from_plan
 
     gc.collect()
     torch.cuda.empty_cache()
@@ -508,7 +509,7 @@ def _sum(d: dict[str, Any], *keys: str) -> int | None:
 
 
 def step_memory(ctx: Context, r: StepResult) -> None:
-    from exlx_autocfg.modelspec import load_model_spec
+    from exlx_autocfg.model.load import load_model_spec
 
     size = "tiny" if ctx.args.dry_run else ctx.args.model_size
     model_dir = ctx.work / f"testmodel-{size}"
@@ -775,7 +776,7 @@ def document(ctx: Context, results: dict[str, StepResult], started: str) -> dict
         "machine": {"python": sys.version.split()[0], "platform": platform.platform(),
                     "torch": dist_version("torch"), "exllamav2": dist_version("exllamav2"),
                     "cpus": os.cpu_count(),
-                    "exlx_autocfg": str(Path(sys.modules["exlx_autocfg"].__file__).parent)},
+                    "exlx_autocfg": str(Path(exlx_autocfg.__file__).parent)},
         "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(ctx.args).items()
                     if k != "out"},
         "steps": {name: dataclasses.asdict(res) for name, res in results.items()},

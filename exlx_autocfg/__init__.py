@@ -14,14 +14,14 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "detect": ("exlx_autocfg.detection", "detect"),
-    "plan": ("exlx_autocfg.planner", "plan"),
-    "prepare": ("exlx_autocfg.loader", "prepare"),
-    "load": ("exlx_autocfg.loader", "load"),
+    "detect": ("exlx_autocfg.facts.detect", "detect"),
+    "plan": ("exlx_autocfg.planner.core", "plan"),
+    "prepare": ("exlx_autocfg.profile.loader", "prepare"),
+    "load": ("exlx_autocfg.profile.loader", "load"),
     "check": ("exlx_autocfg.checks", "check"),
-    "Facts": ("exlx_autocfg.facts", "Facts"),
-    "Plan": ("exlx_autocfg.plan_types", "Plan"),
-    "load_model_spec": ("exlx_autocfg.modelspec", "load_model_spec"),
+    "Facts": ("exlx_autocfg.facts.types", "Facts"),
+    "Plan": ("exlx_autocfg.planner.types", "Plan"),
+    "load_model_spec": ("exlx_autocfg.model.load", "load_model_spec"),
     "ExlxError": ("exlx_autocfg.errors", "ExlxError"),
 }
 

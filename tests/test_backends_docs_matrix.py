@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from exlx_autocfg.docs_matrix import DOC, render
+from tools.docs_matrix import DOC, render
 
 
 def test_committed_matrix_is_up_to_date():
-    assert DOC.exists(), "run: python -m exlx_autocfg.docs_matrix"
+    assert DOC.exists(), "run: python -m tools.docs_matrix"
     assert DOC.read_text(encoding="utf-8") == render(), (
-        "docs/compat-matrix.md is stale: python -m exlx_autocfg.docs_matrix"
+        "docs/compat-matrix.md is stale: python -m tools.docs_matrix"
     )
 
 

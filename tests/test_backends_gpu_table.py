@@ -7,7 +7,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from exlx_autocfg.errors import UsageError
-from exlx_autocfg.gpu_table import _key, find_gpu, gpu_table, parse_assume, parse_gpu_option, what_if_facts
+from exlx_autocfg.facts.what_if import (
+    _key,
+    find_gpu,
+    gpu_table,
+    parse_assume,
+    parse_gpu_option,
+    what_if_facts,
+)
 
 REQUIRED = [
     "GTX 1080 Ti",

@@ -6,11 +6,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exlx_autocfg.backends import BackendQuery, check_name, select, switches_for
 from exlx_autocfg.errors import BackendRefusedError, UsageError
-from exlx_autocfg.facts import LibraryFacts
-from exlx_autocfg.gpu_table import what_if_facts
-from exlx_autocfg.plan_types import BACKENDS
+from exlx_autocfg.facts.types import LibraryFacts
+from exlx_autocfg.facts.what_if import what_if_facts
+from exlx_autocfg.planner.backends import BackendQuery, check_name, select, switches_for
+from exlx_autocfg.planner.types import BACKENDS
 
 
 def query(gpus, assume=(), exl2="0.3.2", softcap=False, swa=False, facts=None):

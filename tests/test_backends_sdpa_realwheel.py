@@ -14,8 +14,8 @@ import pytest
 torch = pytest.importorskip("torch")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
-from exlx_autocfg.backends import BackendQuery, select  # noqa: E402
-from exlx_autocfg.gpu_table import what_if_facts  # noqa: E402
+from exlx_autocfg.facts.what_if import what_if_facts  # noqa: E402
+from exlx_autocfg.planner.backends import BackendQuery, select  # noqa: E402
 from tests.support.standin import import_exllamav2  # noqa: E402
 
 H, HKV, D, HIDDEN, INTER, VOCAB = 4, 2, 16, 64, 128, 256

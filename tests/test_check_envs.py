@@ -23,8 +23,8 @@ from exlx_autocfg import cli
 from exlx_autocfg.checks import CHECKS, check, import_plan, run_checks
 from exlx_autocfg.checks.importer import try_import
 from exlx_autocfg.checks.render import render_text
-from exlx_autocfg.detection import detect
-from exlx_autocfg.gpu_table import what_if_facts
+from exlx_autocfg.facts.detect import detect
+from exlx_autocfg.facts.what_if import what_if_facts
 from tests.support.envs import xformers_site
 from tests.support.fake_pynvml import use_fake_nvml
 from tests.support.standin import STANDIN_SITE

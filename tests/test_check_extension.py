@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from exlx_autocfg.checks import run_checks
-from exlx_autocfg.detection import facts_from_probe
-from exlx_autocfg.facts import GPUReport
-from exlx_autocfg.probe_runner import run_probe
+from exlx_autocfg.facts.detect import facts_from_probe
+from exlx_autocfg.facts.probe_runner import run_probe
+from exlx_autocfg.facts.types import GPUReport
 
 pytestmark = [
     pytest.mark.slow,

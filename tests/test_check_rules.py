@@ -17,7 +17,7 @@ from exlx_autocfg.checks import rules as R
 from exlx_autocfg.checks.stack import kernel_coverage
 from exlx_autocfg.checks.verdict import STATUSES, CheckReport, Verdict
 from exlx_autocfg.errors import UsageError
-from exlx_autocfg.gpu_table import gpu_table, what_if_facts
+from exlx_autocfg.facts.what_if import gpu_table, what_if_facts
 
 
 def verdicts(gpus, assume=(), **kw):

@@ -12,7 +12,7 @@ import pytest
 from exlx_autocfg.cli import run
 from exlx_autocfg.cli.planopts import plan_from_options
 from exlx_autocfg.errors import UsageError
-from exlx_autocfg.facts import Facts, PythonFacts
+from exlx_autocfg.facts.types import Facts, PythonFacts
 
 YI = "nous-capybara-34b@4.0bpw"
 

@@ -30,7 +30,7 @@ def test_help_lists_every_command(capsys):
 def test_running_detect_does_not_import_the_planner():
     code = (
         "import sys; from exlx_autocfg import cli; cli.run(['detect', '--no-import', '--json']);"
-        "print('\\nPLANNER', 'exlx_autocfg.planner' in sys.modules, file=sys.stderr)"
+        "print('\\nPLANNER', 'exlx_autocfg.planner.core' in sys.modules, file=sys.stderr)"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

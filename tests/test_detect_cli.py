@@ -14,7 +14,7 @@ import pytest
 
 import exlx_autocfg
 from exlx_autocfg.cli import run
-from exlx_autocfg.facts import Facts
+from exlx_autocfg.facts.types import Facts
 from tests.support.envs import child_env
 from tests.support.fake_pynvml import fake_nvml_env, use_fake_nvml
 from tests.support.probe_packages import BEHAVIOURS, find_python, make_package
@@ -123,8 +123,8 @@ def test_another_interpreter(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Cap
 def test_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["detect", "--timeout", "0"]) == 2
     assert "--timeout must be positive" in _one_error_line(capsys)
-    from exlx_autocfg import detection
     from exlx_autocfg.cli import detect as detect_cli
+    from exlx_autocfg.facts import detect as detection
 
     assert detect_cli.DEFAULT_TIMEOUT_S == detection.DEFAULT_TIMEOUT_S  # the CLI keeps its own copy
 

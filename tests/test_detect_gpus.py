@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exlx_autocfg.facts import GPU, GPUReport
-from exlx_autocfg.gpuinfo import device_order, fill_from_torch, read_gpu_report, read_nvml
-from exlx_autocfg.gpuinfo.order import apply_visible, predicted_enumeration
-from exlx_autocfg.gpuinfo.rocm import parse_amd_smi, parse_rocm_smi
+from exlx_autocfg.facts.gpuinfo import device_order, fill_from_torch, read_gpu_report, read_nvml
+from exlx_autocfg.facts.gpuinfo.order import apply_visible, predicted_enumeration
+from exlx_autocfg.facts.gpuinfo.rocm import parse_amd_smi, parse_rocm_smi
+from exlx_autocfg.facts.types import GPU, GPUReport
 from tests.support.fake_pynvml import use_fake_nvml, with_memory
 
 MIB = 1024 * 1024

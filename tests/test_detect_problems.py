@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from exlx_autocfg.detection import facts_from_probe
-from exlx_autocfg.facts import GPU, GPUReport
+from exlx_autocfg.facts.detect import facts_from_probe
+from exlx_autocfg.facts.types import GPU, GPUReport
 
 MIB = 1024 * 1024
 

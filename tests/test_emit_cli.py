@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from exlx_autocfg.cli import run
-from exlx_autocfg.profile import profile_from_plan, write_profile
+from exlx_autocfg.profile.format import profile_from_plan, write_profile
 from tests.support.emit_samples import RTX_3090, mixed_split_plan, turing_plan
 from tests.support.profile_samples import facts, gpu_2080ti, gpu_p40
 
@@ -134,7 +134,7 @@ def test_profile_for_one_gpu_of_two_pins_that_gpu(tmp_path, capsys):
     import dataclasses
 
     from exlx_autocfg.emitters.from_profile import plan_from_profile
-    from exlx_autocfg.profile import read_profile
+    from exlx_autocfg.profile.format import read_profile
 
     second = dataclasses.replace(turing_plan().gpus[0], index=1, cuda_index=1)
     machine = facts(gpus=[gpu_p40(0, cuda_index=0), gpu_2080ti(1, cuda_index=1)])

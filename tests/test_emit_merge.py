@@ -227,7 +227,7 @@ def test_cmd_flags_file_parses_as_the_ui_reads_it(tmp_path):
     import shlex
 
     from exlx_autocfg.cli import run
-    from exlx_autocfg.profile import profile_from_plan, write_profile
+    from exlx_autocfg.profile.format import profile_from_plan, write_profile
     from tests.support.profile_samples import facts, gpu_2080ti
 
     profile = write_profile(profile_from_plan(turing_plan(), facts(gpus=[gpu_2080ti()])), tmp_path / "p.toml")

@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from exlx_autocfg.emitters import emit, textgen
-from exlx_autocfg.plan_types import Plan
+from exlx_autocfg.planner.types import Plan
 from tests.support.emit_samples import ampere_plan, autosplit_plan, mixed_split_plan, model, turing_plan
 
 

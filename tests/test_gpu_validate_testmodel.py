@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors import safe_open
 
-from exlx_autocfg.testmodel import (
+from tests.support.standin import import_exllamav2
+from tools.testmodel import (
     SHAPES,
     TestModelShape,
     build_tokenizer_json,
@@ -19,7 +20,6 @@ from exlx_autocfg.testmodel import (
     reference_logits,
     write_test_model,
 )
-from tests.support.standin import import_exllamav2
 
 TINY = SHAPES["tiny"]
 

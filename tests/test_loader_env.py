@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from exlx_autocfg.modelspec import load_model_spec
-from exlx_autocfg.profile import profile_from_plan, write_profile
+from exlx_autocfg.model.load import load_model_spec
+from exlx_autocfg.profile.format import profile_from_plan, write_profile
 from tests.support import profile_samples as samples
 from tests.support.envs import child_env, xformers_site
 from tests.support.model_dirs import make_model_dir
@@ -34,7 +34,7 @@ CHILD = textwrap.dedent("""
             return None
 
     sys.meta_path.insert(0, ImportSpy())
-    from exlx_autocfg.loader import LoaderError, prepare
+    from exlx_autocfg.profile.loader import LoaderError, prepare
     from tests.support import profile_samples as samples
 
     model, first, second = sys.argv[1:4]

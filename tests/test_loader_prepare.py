@@ -12,9 +12,9 @@ import warnings
 import pytest
 
 from exlx_autocfg.errors import ModelSpecError, ProfileError, StaleProfileError, UsageError
-from exlx_autocfg.loader import ENV_SWITCHES, LoaderError, StaleProfileWarning, prepare
-from exlx_autocfg.modelspec import load_model_spec
-from exlx_autocfg.profile import profile_from_plan, read_profile, write_profile
+from exlx_autocfg.model.load import load_model_spec
+from exlx_autocfg.profile.format import profile_from_plan, read_profile, write_profile
+from exlx_autocfg.profile.loader import ENV_SWITCHES, LoaderError, StaleProfileWarning, prepare
 from tests.support import profile_samples as samples
 from tests.support.model_dirs import make_model_dir
 from tests.support.standin import import_exllamav2
@@ -191,7 +191,7 @@ def test_load_needs_a_gpu(exl2, llama, tmp_path):
     """load() = prepare() + the GPU; on this CPU-only torch it stops with one clear line after prepare."""
     import torch
 
-    from exlx_autocfg.loader import load
+    from exlx_autocfg.profile.loader import load
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: the GPU path is exercised by bench/gpu_validate.py")
@@ -207,7 +207,7 @@ def test_prepare_command_is_a_dry_run_of_the_loader(exl2, llama, tmp_path, monke
 
     path = write_profile_for(llama, tmp_path / "p.toml", backend="matmul", cache_mode="Q4", max_seq_len=8192)
     fresh = samples.facts()
-    monkeypatch.setattr("exlx_autocfg.detection.detect", lambda python=None, **kw: fresh)
+    monkeypatch.setattr("exlx_autocfg.facts.detect.detect", lambda python=None, **kw: fresh)
     assert run(["prepare", str(llama), "--profile", str(path), "--json"]) == 0
     doc = _json.loads(capsys.readouterr().out)
     assert doc["backend"] == "matmul" and doc["cache_class"] == "ExLlamaV2Cache_Q4" and doc["stale"] == []

@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from exlx_autocfg import memory
-from exlx_autocfg.modelspec import load_model_spec
+from exlx_autocfg.model.load import load_model_spec
+from exlx_autocfg.planner import memory
 from tests.support.model_dirs import make_model_dir
 from tests.support.standin import import_exllamav2
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exlx_autocfg import memory
-from exlx_autocfg.modelspec import catalog, load_model_spec
+from exlx_autocfg.model.catalog import catalog
+from exlx_autocfg.model.load import load_model_spec
+from exlx_autocfg.planner import memory
 
 models = st.sampled_from(sorted(catalog()))
 modes = st.sampled_from(memory.CACHE_MODES)

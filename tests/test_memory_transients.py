@@ -14,8 +14,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from exlx_autocfg import memory
-from exlx_autocfg.modelspec import load_model_spec
+from exlx_autocfg.model.load import load_model_spec
+from exlx_autocfg.planner import memory
 from tests.support.model_dirs import make_model_dir
 from tests.support.standin import import_exllamav2
 

@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exlx_autocfg.errors import ModelSpecError
-from exlx_autocfg.modelspec import load_model_spec, parse_config
+from exlx_autocfg.model.config import parse_config
+from exlx_autocfg.model.load import load_model_spec
 from tests.support.model_dirs import make_model_dir, model_config
 
 BASE = model_config("tiny-llama")

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from exlx_autocfg import memory
-from exlx_autocfg.modelspec import catalog, load_model_spec
+from exlx_autocfg.model.catalog import catalog
+from exlx_autocfg.model.load import load_model_spec
+from exlx_autocfg.planner import memory
 from tests.support.model_dirs import TINY_CONFIGS, make_model_dir
 from tests.support.standin import import_exllamav2
 

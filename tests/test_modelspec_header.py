@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from exlx_autocfg.errors import ModelSpecError
-from exlx_autocfg.safetensors_header import MAX_HEADER_BYTES, read_header, write_header_only
+from exlx_autocfg.model.safetensors import MAX_HEADER_BYTES, read_header, write_header_only
 
 VALID = [
     ("a.weight", "F16", (4, 8)),

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from exlx_autocfg.errors import ModelSpecError
-from exlx_autocfg.modelspec import load_model_spec
-from exlx_autocfg.safetensors_header import write_header_only
+from exlx_autocfg.model.load import load_model_spec
+from exlx_autocfg.model.safetensors import write_header_only
 from tests.support.model_dirs import make_model_dir
 
 

@@ -7,11 +7,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exlx_autocfg.errors import BackendRefusedError, DoesNotFitError, UsageError
-from exlx_autocfg.facts import Facts, PythonFacts
-from exlx_autocfg.gpu_table import gpu_table, what_if_facts
-from exlx_autocfg.modelspec import load_model_spec
-from exlx_autocfg.plan_types import CACHE_MODES, Plan
-from exlx_autocfg.planner import PAGE, device_totals_at, plan
+from exlx_autocfg.facts.types import Facts, PythonFacts
+from exlx_autocfg.facts.what_if import gpu_table, what_if_facts
+from exlx_autocfg.model.load import load_model_spec
+from exlx_autocfg.planner.core import PAGE, device_totals_at, plan
+from exlx_autocfg.planner.types import CACHE_MODES, Plan
 
 MIB = 1024**2
 MODELS = [

@@ -10,9 +10,9 @@ import re
 
 import pytest
 
-from exlx_autocfg.gpu_table import what_if_facts
-from exlx_autocfg.modelspec import load_model_spec
-from exlx_autocfg.planner import plan
+from exlx_autocfg.facts.what_if import what_if_facts
+from exlx_autocfg.model.load import load_model_spec
+from exlx_autocfg.planner.core import plan
 from tests.support.model_dirs import make_model_dir
 from tests.support.standin import import_exllamav2
 

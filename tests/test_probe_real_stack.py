@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from exlx_autocfg.data import probe_script
-from exlx_autocfg.detection import facts_from_probe
-from exlx_autocfg.facts import Facts, GPUReport
+from exlx_autocfg.facts.detect import facts_from_probe
+from exlx_autocfg.facts.types import Facts, GPUReport
 from tests.support.envs import child_env, xformers_site
 from tests.support.standin import STANDIN_SITE
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from exlx_autocfg.cli import run
-from exlx_autocfg.profile import machine_identity, profile_from_plan, read_profile, write_profile
+from exlx_autocfg.profile.format import machine_identity, profile_from_plan, read_profile, write_profile
 from tests.support import profile_samples as samples
 from tests.support.model_dirs import make_model_dir
 
@@ -77,7 +77,7 @@ def test_write_failure_is_one_line_and_leaves_nothing(model, tmp_path, capsys):
 def test_verify_current_and_stale(tmp_path, monkeypatch, capsys):
     facts = samples.facts()
     model_dir = make_model_dir(tmp_path, "tiny-llama", quant="fp16")
-    from exlx_autocfg.modelspec import load_model_spec
+    from exlx_autocfg.model.load import load_model_spec
 
     path = write_profile(profile_from_plan(samples.plan(model=load_model_spec(model_dir).summary()), facts),
                          tmp_path / "p.toml")
@@ -87,7 +87,7 @@ def test_verify_current_and_stale(tmp_path, monkeypatch, capsys):
         calls.append(python)
         return fresh
 
-    monkeypatch.setattr("exlx_autocfg.detection.detect", fake_detect)
+    monkeypatch.setattr("exlx_autocfg.facts.detect.detect", fake_detect)
     fresh = facts
     assert run(["verify", str(path)]) == 0
     assert calls == [None]  # the recorded interpreter (/opt/tabby/...) does not exist here: probe this one
@@ -133,7 +133,7 @@ def test_verify_a_what_if_profile_compares_with_this_machine(tmp_path, monkeypat
         calls.append(python)
         return samples.facts()  # this machine: a 2080 Ti, not the 3090 the what-if profile assumed
 
-    monkeypatch.setattr("exlx_autocfg.detection.detect", fake_detect)
+    monkeypatch.setattr("exlx_autocfg.facts.detect.detect", fake_detect)
     capsys.readouterr()
     assert run(["verify", str(path)]) == 1
     assert calls == [None]  # probes this interpreter: a what-if profile has no interpreter of its own

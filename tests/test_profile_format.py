@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exlx_autocfg.errors import ProfileError
-from exlx_autocfg.plan_types import BACKENDS, CACHE_MODES
-from exlx_autocfg.profile import (
+from exlx_autocfg.planner.types import BACKENDS, CACHE_MODES
+from exlx_autocfg.profile.format import (
     PROFILE_SCHEMA,
     default_profile_path,
     machine_identity,
@@ -202,7 +202,7 @@ def test_interrupted_write_keeps_old_file(tmp_path, monkeypatch):
 WRITER = textwrap.dedent("""
     import sys
     sys.path.insert(0, {root!r})
-    from exlx_autocfg.profile import profile_from_plan, write_profile
+    from exlx_autocfg.profile.format import profile_from_plan, write_profile
     from tests.support import profile_samples as s
     n = int(sys.argv[1])
     # Each writer's profiles differ in size as well as content, so a torn write could not pass for whole.

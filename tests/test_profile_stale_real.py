@@ -11,14 +11,14 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from exlx_autocfg.cli import run
-from exlx_autocfg.detection import facts_from_probe
-from exlx_autocfg.gpuinfo import read_gpu_report
-from exlx_autocfg.loader import CACHE_CLASSES, ENV_SWITCHES, StaleProfileWarning, prepare
-from exlx_autocfg.modelspec import load_model_spec
-from exlx_autocfg.planner import plan
-from exlx_autocfg.probe_runner import run_probe
-from exlx_autocfg.profile import profile_from_plan, read_profile, write_profile
-from exlx_autocfg.staleness import find_changes
+from exlx_autocfg.facts.detect import facts_from_probe
+from exlx_autocfg.facts.gpuinfo import read_gpu_report
+from exlx_autocfg.facts.probe_runner import run_probe
+from exlx_autocfg.model.load import load_model_spec
+from exlx_autocfg.planner.core import plan
+from exlx_autocfg.profile.format import profile_from_plan, read_profile, write_profile
+from exlx_autocfg.profile.loader import CACHE_CLASSES, ENV_SWITCHES, StaleProfileWarning, prepare
+from exlx_autocfg.profile.staleness import find_changes
 from tests.support import profile_samples as samples
 from tests.support.envs import child_env, xformers_site
 from tests.support.fake_pynvml import use_fake_nvml, with_memory
@@ -60,14 +60,14 @@ def test_xformers_swapped_on_the_path(probe_docs, monkeypatch, tmp_path, capsys)
 
     # `verify` reports the same; its facts source is swapped for these probe-built facts.
     path = write_profile(profile, tmp_path / "p.toml")
-    monkeypatch.setattr("exlx_autocfg.detection.detect", lambda python=None, **kw: new)
+    monkeypatch.setattr("exlx_autocfg.facts.detect.detect", lambda python=None, **kw: new)
     assert run(["verify", str(path)]) == 1
     out = capsys.readouterr().out
     assert f"stale: {path}" in out and "  - xformers upgraded 0.0.26.post1 -> 0.0.35" in out
     assert run(["verify", str(path), "--json"]) == 1
     doc = json.loads(capsys.readouterr().out)
     assert doc["current"] is False and [c["kind"] for c in doc["changes"]] == ["library", "library"]
-    monkeypatch.setattr("exlx_autocfg.detection.detect", lambda python=None, **kw: old)
+    monkeypatch.setattr("exlx_autocfg.facts.detect.detect", lambda python=None, **kw: old)
     assert run(["verify", str(path)]) == 0
     assert capsys.readouterr().out.startswith(f"current: {path} matches this machine")
 

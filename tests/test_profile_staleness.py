@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exlx_autocfg.facts import LibraryFacts
-from exlx_autocfg.profile import profile_from_plan
-from exlx_autocfg.staleness import compare, find_changes
+from exlx_autocfg.facts.types import LibraryFacts
+from exlx_autocfg.profile.format import profile_from_plan
+from exlx_autocfg.profile.staleness import compare, find_changes
 from tests.support import profile_samples as samples
 
 FP = "ab" * 32

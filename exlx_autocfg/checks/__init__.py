@@ -32,7 +32,7 @@ from exlx_autocfg.checks.machine import Machine
 from exlx_autocfg.checks.stack import check_torch, check_torch_arch
 from exlx_autocfg.checks.verdict import CHECKS, CheckReport, Verdict, make, skipped
 from exlx_autocfg.errors import UsageError
-from exlx_autocfg.facts import Facts
+from exlx_autocfg.facts.types import Facts
 
 __all__ = ["CHECKS", "CheckReport", "ImportResult", "Verdict", "check", "parse_requirements", "run_checks"]
 
@@ -196,14 +196,14 @@ def check(
     parse_requirements(requirements)  # usage errors before any probing
     skipping = _check_skip(skip)
     if gpu or assume:
-        from exlx_autocfg.gpu_table import parse_assume, parse_gpu_option, what_if_facts
+        from exlx_autocfg.facts.what_if import parse_assume, parse_gpu_option, what_if_facts
 
         for spec in gpu or []:
             parse_gpu_option(spec)
         for spec in assume or []:
             parse_assume(spec)
     if facts is None:
-        from exlx_autocfg.detection import detect
+        from exlx_autocfg.facts.detect import detect
 
         facts = detect(python=python, timeout=timeout)
     if gpu or assume:

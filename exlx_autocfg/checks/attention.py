@@ -1,18 +1,18 @@
 """Checks on the optional attention libraries exllamav2 picks up at import: xformers and flash-attn.
 
-What makes a library unusable is decided by the backend rules (`exlx_autocfg.backends`, data in
+What makes a library unusable is decided by the backend rules (`exlx_autocfg.planner.backends`, data in
 `profiles/backends.toml` and `profiles/xformers.toml`); these checks add the severity for an installer
 (does it crash `import exllamav2`, fail every call, or only cost speed?) and the fix for this machine.
 """
 
 from __future__ import annotations
 
-from exlx_autocfg import backends
 from exlx_autocfg.checks import fixes
 from exlx_autocfg.checks import rules as R
 from exlx_autocfg.checks.machine import Machine
 from exlx_autocfg.checks.verdict import Verdict, make, sentence, short, skipped
-from exlx_autocfg.compat import xformers_release
+from exlx_autocfg.planner import backends
+from exlx_autocfg.planner.xformers_releases import xformers_release
 
 
 def backend_query(m: Machine) -> backends.BackendQuery:

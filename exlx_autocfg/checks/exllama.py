@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from exlx_autocfg import backends
 from exlx_autocfg.checks import fixes
 from exlx_autocfg.checks import rules as R
 from exlx_autocfg.checks.attention import backend_query
 from exlx_autocfg.checks.machine import Machine
 from exlx_autocfg.checks.verdict import Verdict, join_and, make, short, skipped
+from exlx_autocfg.planner import backends
 
 SWITCH_ENV = {
     "no_flash_attn": "EXLLAMA_NO_FLASH_ATTN",

@@ -9,7 +9,7 @@ from packaging.version import Version
 
 from exlx_autocfg.checks import rules as R
 from exlx_autocfg.checks.machine import Machine
-from exlx_autocfg.compat import XformersRelease, xformers_releases
+from exlx_autocfg.planner.xformers_releases import XformersRelease, xformers_releases
 
 NO_DEPS_WHY = (
     "--no-deps keeps torch {torch}: a plain `pip install xformers` pulls the newest release and "

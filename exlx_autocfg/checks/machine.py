@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from exlx_autocfg.checks.rules import cc_tuple
-from exlx_autocfg.facts import Facts, LibraryFacts
+from exlx_autocfg.facts.types import Facts, LibraryFacts
 
 
 @dataclass(frozen=True)

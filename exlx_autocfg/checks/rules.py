@@ -11,8 +11,8 @@ from typing import Any
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import Version
 
-from exlx_autocfg.backends import version_of
 from exlx_autocfg.data import load_data
+from exlx_autocfg.planner.backends import version_of
 
 
 def rules() -> dict[str, Any]:

@@ -14,7 +14,7 @@ import typer
 from exlx_autocfg.cli.app import app
 from exlx_autocfg.cli.planopts import AssumeOpt, GpuOpt, PythonOpt
 from exlx_autocfg.errors import InputError
-from exlx_autocfg.facts import Facts
+from exlx_autocfg.facts.types import Facts
 
 
 @app.command()

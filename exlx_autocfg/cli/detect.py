@@ -16,10 +16,10 @@ from rich.text import Text
 
 from exlx_autocfg.cli.app import app
 from exlx_autocfg.errors import UsageError
-from exlx_autocfg.facts import Facts, LibraryFacts
+from exlx_autocfg.facts.types import Facts, LibraryFacts
 
 GIB = 1024**3
-DEFAULT_TIMEOUT_S = 60.0  # = exlx_autocfg.detection.DEFAULT_TIMEOUT_S, imported lazily with detect()
+DEFAULT_TIMEOUT_S = 60.0  # = exlx_autocfg.facts.detect.DEFAULT_TIMEOUT_S, imported lazily with detect()
 
 
 @app.command("detect")
@@ -43,7 +43,7 @@ def detect_command(
     """Report GPUs, driver, and the GPU stack (torch, xformers, flash-attn, exllamav2) of an interpreter."""
     if timeout <= 0:
         raise UsageError(f"--timeout must be positive, got {timeout:g}")
-    from exlx_autocfg.detection import detect  # only this command pays for the probe machinery
+    from exlx_autocfg.facts.detect import detect  # only this command pays for the probe machinery
 
     facts = detect(python=python, timeout=timeout, no_import=no_import, refresh=refresh)
     if json_out:

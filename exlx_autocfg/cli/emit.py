@@ -35,7 +35,7 @@ from exlx_autocfg.cli.planopts import (
     PythonOpt,
 )
 from exlx_autocfg.errors import UsageError
-from exlx_autocfg.plan_types import Plan
+from exlx_autocfg.planner.types import Plan
 
 if TYPE_CHECKING:
     from exlx_autocfg.emitters import Emitted
@@ -148,7 +148,7 @@ def emit(
 
 def _from_profile(source: str) -> tuple[Plan, int]:
     from exlx_autocfg.emitters.from_profile import plan_from_profile
-    from exlx_autocfg.profile import read_profile
+    from exlx_autocfg.profile.format import read_profile
 
     return plan_from_profile(read_profile(source))
 

@@ -30,7 +30,7 @@ from exlx_autocfg.cli.planopts import (
 def _list_gpus(value: bool) -> None:
     if not value:
         return
-    from exlx_autocfg.gpu_table import gpu_table
+    from exlx_autocfg.facts.what_if import gpu_table
 
     for row in gpu_table():
         arch = f"CC {row.cc}" if row.cc else row.gfx
@@ -82,6 +82,6 @@ def plan_command(
         return
     from rich.console import Console
 
-    from exlx_autocfg.render import print_plan
+    from exlx_autocfg.cli.plan_view import print_plan
 
     print_plan(plan, Console(width=max(Console().width, 120)))

@@ -20,9 +20,9 @@ from typing import Annotated
 
 import typer
 
-from exlx_autocfg.facts import Facts
-from exlx_autocfg.plan_types import Plan
-from exlx_autocfg.planner import DEFAULT_MARGIN_MIB
+from exlx_autocfg.facts.types import Facts
+from exlx_autocfg.planner.core import DEFAULT_MARGIN_MIB
+from exlx_autocfg.planner.types import Plan
 
 __all__ = [
     "DEFAULT_MARGIN_MIB",
@@ -137,11 +137,11 @@ def facts_from_options(
     """Facts for a plan: from the GPU table when `--gpu` is given (libraries: the default what-if stack, the
     attention libraries recommended for those GPUs, then `--assume`), else `detect()` on this machine for
     `python` (with `--assume` applied on top)."""
-    from exlx_autocfg.gpu_table import what_if_facts
+    from exlx_autocfg.facts.what_if import what_if_facts
 
     if gpu:
         return what_if_facts(gpu, assume, recommended=True)
-    from exlx_autocfg.detection import detect
+    from exlx_autocfg.facts.detect import detect
 
     facts = detect(python=python)
     return what_if_facts(None, assume, base=facts) if assume else facts
@@ -166,8 +166,8 @@ def plan_from_options(
 ) -> Plan:
     """Facts (given, what-if or detected), the model spec, then `planner.plan`. Raises ExlxError subclasses
     only (UsageError, ModelSpecError, BackendRefusedError, DoesNotFitError, ProbeError)."""
-    from exlx_autocfg.modelspec import load_model_spec
-    from exlx_autocfg.planner import plan
+    from exlx_autocfg.model.load import load_model_spec
+    from exlx_autocfg.planner.core import plan
 
     spec = load_model_spec(model, bpw=bpw)
     if facts is None:

@@ -31,8 +31,14 @@ from exlx_autocfg.cli.planopts import (
     plan_from_options,
 )
 from exlx_autocfg.errors import EXIT_NEGATIVE, EXIT_OK
-from exlx_autocfg.loader import CACHE_CLASSES, ENV_SWITCHES
-from exlx_autocfg.profile import Profile, default_profile_path, profile_from_plan, read_profile, write_profile
+from exlx_autocfg.profile.format import (
+    Profile,
+    default_profile_path,
+    profile_from_plan,
+    read_profile,
+    write_profile,
+)
+from exlx_autocfg.profile.loader import CACHE_CLASSES, ENV_SWITCHES
 
 GIB = 1024**3
 ProfileArg = Annotated[Path, typer.Argument(help="A profile file written by `exlx-autocfg profile`.")]
@@ -89,8 +95,8 @@ def verify_command(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable result.")] = False,
 ) -> int:
     """Compare a profile with this machine now; exit 1 when it is stale, 0 when it is current."""
-    from exlx_autocfg.detection import detect
-    from exlx_autocfg.staleness import find_changes
+    from exlx_autocfg.facts.detect import detect
+    from exlx_autocfg.profile.staleness import find_changes
 
     profile = read_profile(profile_path)
     recorded = profile.computed_for.python
@@ -141,7 +147,7 @@ def prepare_command(
     what `exlx_autocfg.load()` would load, without touching a GPU (this interpreter must have exllamav2)."""
     import warnings
 
-    from exlx_autocfg.loader import StaleProfileWarning, prepare
+    from exlx_autocfg.profile.loader import StaleProfileWarning, prepare
 
     # exllamav2 prints notices on stdout when imported: keep stdout for our output (and valid JSON).
     with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
@@ -193,7 +199,7 @@ def model_fingerprint(profile: Profile) -> tuple[str | None, bool]:
         return None, True
     if not Path(model_dir).is_dir():
         return None, False
-    from exlx_autocfg.modelspec import load_model_spec
+    from exlx_autocfg.model.load import load_model_spec
 
     return load_model_spec(model_dir).fingerprint, True
 

@@ -13,7 +13,7 @@ from typing import Any
 from exlx_autocfg.emitters import exllamav2_args, json_plan, shell_env, tabbyapi, textgen
 from exlx_autocfg.emitters.common import header
 from exlx_autocfg.errors import UsageError
-from exlx_autocfg.plan_types import Plan
+from exlx_autocfg.planner.types import Plan
 
 FORMATS: dict[str, str] = {
     "tabbyapi": "TabbyAPI config.yml `model:` block (exl2-checkpoint branch)",

@@ -10,7 +10,7 @@ import math
 import textwrap
 from collections.abc import Mapping
 
-from exlx_autocfg.plan_types import Plan
+from exlx_autocfg.planner.types import Plan
 
 # exllamav2 reads these at import time and treats a variable that is *present* as "disable", whatever its
 # value (exllamav2/attn.py module level; config.py L184-186: `'EXLLAMA_NO_FLASH_ATTN' in os.environ`).

@@ -14,7 +14,7 @@ from __future__ import annotations
 import shlex
 
 from exlx_autocfg.emitters.common import device_pinning, number
-from exlx_autocfg.plan_types import Plan
+from exlx_autocfg.planner.types import Plan
 
 # script -> its cache flag per mode (None: the script has no cache flag). Source: turboderp-org/exllamav2
 # @ da07fac, examples/chat.py L68-71, eval/humaneval.py L18-20, eval/mmlu.py L16-18.

@@ -9,8 +9,8 @@ decides whether the other tools need device pinning.
 
 from __future__ import annotations
 
-from exlx_autocfg.plan_types import ModelSummary, Plan, PlanGPU
-from exlx_autocfg.profile import Profile
+from exlx_autocfg.planner.types import ModelSummary, Plan, PlanGPU
+from exlx_autocfg.profile.format import Profile
 
 
 def plan_from_profile(profile: Profile) -> tuple[Plan, int]:

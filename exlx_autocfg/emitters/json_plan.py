@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from exlx_autocfg.emitters.common import ordered_gpus, runtime_env, tool_version
-from exlx_autocfg.plan_types import Plan
+from exlx_autocfg.planner.types import Plan
 from exlx_autocfg.serde import to_data
 
 LAUNCH_SCHEMA = 1

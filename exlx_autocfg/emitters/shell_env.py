@@ -12,7 +12,7 @@ import shlex
 from collections.abc import Mapping
 
 from exlx_autocfg.emitters.common import header, runtime_env
-from exlx_autocfg.plan_types import Plan
+from exlx_autocfg.planner.types import Plan
 
 SHELLS: tuple[str, ...] = ("sh", "fish", "powershell")
 

@@ -31,7 +31,7 @@ from exlx_autocfg.emitters.common import (
     runtime_env,
 )
 from exlx_autocfg.emitters.yaml_merge import dump_yaml
-from exlx_autocfg.plan_types import Plan
+from exlx_autocfg.planner.types import Plan
 
 SECTION = "model"
 # The keys exlx-autocfg owns in the `model:` section; merging changes these and nothing else.

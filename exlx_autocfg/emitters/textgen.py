@@ -25,7 +25,7 @@ from typing import Any
 
 from exlx_autocfg.emitters.common import header, number, one_line, ordered_gpus, runtime_env
 from exlx_autocfg.emitters.yaml_merge import dump_yaml
-from exlx_autocfg.plan_types import Plan
+from exlx_autocfg.planner.types import Plan
 
 LOADER = "ExLlamav2_HF"  # what the UI infers for EXL2 folders (models_settings.py infer_loader)
 CACHE_TYPE = {"FP16": "fp16", "Q8": "q8", "Q6": "q6", "Q4": "q4"}

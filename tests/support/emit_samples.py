@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from exlx_autocfg.plan_types import ModelSummary, Plan, PlanGPU, Reason
+from exlx_autocfg.planner.types import ModelSummary, Plan, PlanGPU, Reason
 
 MIB = 1024**2
 

@@ -17,9 +17,11 @@ import math
 from pathlib import Path
 from typing import Any
 
-from exlx_autocfg.exl2_layout import DEFAULT_HEAD_BITS, checkpoint_tensors, tensor_nbytes
-from exlx_autocfg.modelspec import ModelSpec, catalog_config, parse_config, resolve_catalog_id
-from exlx_autocfg.safetensors_header import write_header_only
+from exlx_autocfg.model.catalog import catalog_config, resolve_catalog_id
+from exlx_autocfg.model.config import parse_config
+from exlx_autocfg.model.layout import DEFAULT_HEAD_BITS, checkpoint_tensors, tensor_nbytes
+from exlx_autocfg.model.safetensors import write_header_only
+from exlx_autocfg.model.spec import ModelSpec
 
 # Small but real-shaped configs (every dimension a multiple of 32, GQA where the family has it) for
 # tests that must run exllamav2 code paths quickly.

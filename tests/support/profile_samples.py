@@ -8,8 +8,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from exlx_autocfg.facts import GPU, Facts, GPUReport, LibraryFacts, PythonFacts
-from exlx_autocfg.plan_types import BACKENDS, ModelSummary, Plan, PlanGPU, Reason
+from exlx_autocfg.facts.types import GPU, Facts, GPUReport, LibraryFacts, PythonFacts
+from exlx_autocfg.planner.types import BACKENDS, ModelSummary, Plan, PlanGPU, Reason
 
 MIB = 1024**2
 XF_PATHS_026 = {

@@ -1,6 +1,6 @@
 """The Plan: every decision the planner makes, the arithmetic behind it and the reasons.
 
-`exlx_autocfg.planner.plan(facts, model, **request) -> Plan` produces it (pure). Profiles store it,
+`exlx_autocfg.planner.core.plan(facts, model, **request) -> Plan` produces it (pure). Profiles store it,
 `apply` realises it, `emit` renders it for other tools. `Plan.to_dict()` is the `plan --json` document
 (schema documented in docs/plan-json.md).
 """
@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from exlx_autocfg.model.spec import ModelSummary
 from exlx_autocfg.serde import from_data, to_data
 
 PLAN_SCHEMA = 1
@@ -29,23 +30,6 @@ class Reason:
     choice: str
     why: str
     rejected: dict[str, str] = field(default_factory=dict)  # alternative -> why not
-
-
-@dataclass
-class ModelSummary:
-    name: str
-    path: str | None  # model directory; None for catalog models
-    architecture: str
-    layers: int
-    hidden_size: int
-    attention_heads: int
-    kv_heads: int
-    head_dim: int
-    vocab_size: int
-    max_position_embeddings: int
-    bits_per_weight: float | None = None
-    fingerprint: str | None = None  # sha256 over config.json and the safetensors headers
-    source: str = "directory"  # directory | catalog
 
 
 @dataclass

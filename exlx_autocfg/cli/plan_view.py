@@ -7,7 +7,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from exlx_autocfg.plan_types import CACHE_MODES, DeviceMemory, Plan
+from exlx_autocfg.planner.types import CACHE_MODES, DeviceMemory, Plan
 
 MIB = 1024**2
 BAR_WIDTH = 48

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from packaging.version import InvalidVersion, Version
 
-from exlx_autocfg.facts import Facts
-from exlx_autocfg.profile import (
+from exlx_autocfg.facts.types import Facts
+from exlx_autocfg.profile.format import (
     ComputedFor,
     GPUStamp,
     LibraryStamp,

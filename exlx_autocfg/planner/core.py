@@ -17,11 +17,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from exlx_autocfg import __version__, memory
-from exlx_autocfg.backends import LATEST_EXLLAMAV2, BackendQuery, Selection, rules, select, version_of
+from exlx_autocfg import __version__
 from exlx_autocfg.errors import BackendRefusedError, DoesNotFitError, UsageError
-from exlx_autocfg.facts import GPU, Facts
-from exlx_autocfg.plan_types import (
+from exlx_autocfg.facts.types import GPU, Facts
+from exlx_autocfg.planner import memory
+from exlx_autocfg.planner.backends import LATEST_EXLLAMAV2, BackendQuery, Selection, rules, select, version_of
+from exlx_autocfg.planner.types import (
     BACKENDS,
     CACHE_MODES,
     DeviceMemory,
@@ -79,7 +80,7 @@ class Request:
                     )
                 changes[name] = upper
         if self.backend is not None:
-            from exlx_autocfg.backends import check_name
+            from exlx_autocfg.planner.backends import check_name
 
             changes["backend"] = None if str(self.backend).lower() == "auto" else check_name(self.backend)
         if self.budget not in ("total", "free"):
@@ -370,7 +371,7 @@ def plan(facts: Facts, model: Any, **request: Any) -> Plan:
     """
     req = Request.from_kwargs(request)
     if isinstance(model, str):
-        from exlx_autocfg.modelspec import load_model_spec
+        from exlx_autocfg.model.load import load_model_spec
 
         model = load_model_spec(model)
     m = _model(model)

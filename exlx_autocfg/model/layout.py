@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from exlx_autocfg.architectures import ArchRules
+from exlx_autocfg.model.architectures import ArchRules
 
 DTYPE_BYTES = {
     "BOOL": 1,

@@ -20,7 +20,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
-from exlx_autocfg.modelspec import ModelSpec
+from exlx_autocfg.model.spec import ModelSpec
 
 MiB = 1024**2
 

@@ -13,9 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from exlx_autocfg import __version__
-from exlx_autocfg.facts import Facts, GPUReport, LibraryFacts, PythonFacts
-from exlx_autocfg.gpuinfo import device_order, fill_from_torch, read_gpu_report
-from exlx_autocfg.probe_runner import run_probe
+from exlx_autocfg.facts.gpuinfo import device_order, fill_from_torch, read_gpu_report
+from exlx_autocfg.facts.probe_runner import run_probe
+from exlx_autocfg.facts.types import Facts, GPUReport, LibraryFacts, PythonFacts
 from exlx_autocfg.serde import from_data
 
 DEFAULT_TIMEOUT_S = 60.0

@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from exlx_autocfg import backends
 from exlx_autocfg.errors import ExlxError, ModelSpecError, StaleProfileError, UsageError
-from exlx_autocfg.facts import Facts
-from exlx_autocfg.plan_types import BACKENDS
-from exlx_autocfg.profile import (
+from exlx_autocfg.facts.types import Facts
+from exlx_autocfg.planner import backends
+from exlx_autocfg.planner.types import BACKENDS
+from exlx_autocfg.profile.format import (
     Profile,
     ProfileError,
     Settings,
@@ -37,7 +37,7 @@ from exlx_autocfg.profile import (
     validate_settings,
     write_profile,
 )
-from exlx_autocfg.staleness import Change, find_changes
+from exlx_autocfg.profile.staleness import Change, find_changes
 
 ON_STALE = ("replan", "refuse", "warn")
 
@@ -133,7 +133,7 @@ def prepare(
     model_dir = Path(model_dir).expanduser()
     spec = _model_spec(model_dir)
     if facts is None:
-        from exlx_autocfg.detection import detect
+        from exlx_autocfg.facts.detect import detect
 
         facts = detect()
     notes: list[str] = []
@@ -382,7 +382,7 @@ def _reserves(reserve: list[int] | None, device_count: int) -> list[int] | None:
 def _model_spec(model_dir: Path) -> Any:
     if not model_dir.is_dir():
         raise ModelSpecError(f"model directory {model_dir} does not exist")
-    from exlx_autocfg.modelspec import load_model_spec
+    from exlx_autocfg.model.load import load_model_spec
 
     return load_model_spec(model_dir)
 
@@ -399,6 +399,6 @@ def _find_profile(profile: str | os.PathLike[str] | Profile | None, spec: Any,
 
 
 def _plan_profile(facts: Facts, spec: Any, request: dict[str, Any]) -> Profile:
-    from exlx_autocfg.planner import plan
+    from exlx_autocfg.planner.core import plan
 
     return profile_from_plan(plan(facts, spec, **request), facts)

@@ -30,8 +30,8 @@ import tomli_w
 
 from exlx_autocfg.atomic import write_text_atomic
 from exlx_autocfg.errors import ProfileError
-from exlx_autocfg.facts import Facts
-from exlx_autocfg.plan_types import BACKENDS, CACHE_MODES, Plan, Reason
+from exlx_autocfg.facts.types import Facts
+from exlx_autocfg.planner.types import BACKENDS, CACHE_MODES, Plan, Reason
 from exlx_autocfg.serde import from_data, to_data
 
 if sys.version_info >= (3, 11):

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 from packaging.utils import canonicalize_name
 
-from exlx_autocfg.backends import derived_details, rules, version_of
 from exlx_autocfg.data import load_data
 from exlx_autocfg.errors import UsageError
-from exlx_autocfg.facts import GPU, Facts, GPUReport, LibraryFacts, PythonFacts
+from exlx_autocfg.facts.types import GPU, Facts, GPUReport, LibraryFacts, PythonFacts
+from exlx_autocfg.planner.backends import derived_details, rules, version_of
 
 MIB = 1024 * 1024
 

@@ -19,11 +19,11 @@ from typing import Any
 from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion, Version
 
-from exlx_autocfg.compat import XformersRelease, xformers_release
 from exlx_autocfg.data import load_data
 from exlx_autocfg.errors import BackendRefusedError, UsageError
-from exlx_autocfg.facts import GPU, Facts
-from exlx_autocfg.plan_types import BACKENDS
+from exlx_autocfg.facts.types import GPU, Facts
+from exlx_autocfg.planner.types import BACKENDS
+from exlx_autocfg.planner.xformers_releases import XformersRelease, xformers_release
 
 # exllamav2 version assumed when the target interpreter does not have it installed.
 LATEST_EXLLAMAV2 = "0.3.2"

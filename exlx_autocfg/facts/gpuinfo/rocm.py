@@ -12,7 +12,7 @@ import shutil
 import subprocess
 from typing import Any
 
-from exlx_autocfg.facts import GPU, GPUReport
+from exlx_autocfg.facts.types import GPU, GPUReport
 
 MIB = 1024 * 1024
 TOOL_TIMEOUT_S = 10.0

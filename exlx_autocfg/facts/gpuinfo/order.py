@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from exlx_autocfg.facts import GPU, DeviceOrder, GPUReport
+from exlx_autocfg.facts.types import GPU, DeviceOrder, GPUReport
 
 
 def _norm_uuid(value: str | None) -> str | None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from exlx_autocfg.errors import ModelSpecError
-from exlx_autocfg.exl2_layout import DTYPE_BYTES
+from exlx_autocfg.model.layout import DTYPE_BYTES
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors reference reader refuses headers over 100 MB
 _MAX_DIM = 2**62  # a shape entry above this (or a product above it) is not a tensor that can exist

@@ -11,7 +11,7 @@ import contextlib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from exlx_autocfg.facts import GPU, GPUReport
+from exlx_autocfg.facts.types import GPU, GPUReport
 
 T = TypeVar("T")
 

@@ -7,10 +7,10 @@ Every failure is a line in `GPUReport.problems`, never an exception.
 
 from __future__ import annotations
 
-from exlx_autocfg.facts import GPUReport
-from exlx_autocfg.gpuinfo.nvml import read_nvml
-from exlx_autocfg.gpuinfo.order import device_order, fill_from_torch
-from exlx_autocfg.gpuinfo.rocm import read_rocm
+from exlx_autocfg.facts.gpuinfo.nvml import read_nvml
+from exlx_autocfg.facts.gpuinfo.order import device_order, fill_from_torch
+from exlx_autocfg.facts.gpuinfo.rocm import read_rocm
+from exlx_autocfg.facts.types import GPUReport
 
 __all__ = ["device_order", "fill_from_torch", "read_gpu_report", "read_nvml", "read_rocm"]
 

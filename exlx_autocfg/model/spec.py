@@ -1,0 +1,109 @@
+"""What the planner knows about a model: its dimensions and tensors (a `ModelSpec`), however it was read.
+
+`exlx_autocfg.model.load.load_model_spec(ref)` builds one from a model directory (`directory`), or from the
+catalog (`catalog`); `config.parse_config` reads config.json the way exllamav2 0.3.2 does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+from exlx_autocfg.model.architectures import ArchRules, arch_rules
+
+
+@dataclass
+class ModelSummary:
+    name: str
+    path: str | None  # model directory; None for catalog models
+    architecture: str
+    layers: int
+    hidden_size: int
+    attention_heads: int
+    kv_heads: int
+    head_dim: int
+    vocab_size: int
+    max_position_embeddings: int
+    bits_per_weight: float | None = None
+    fingerprint: str | None = None  # sha256 over config.json and the safetensors headers
+    source: str = "directory"  # directory | catalog
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    nbytes: int
+    file: str | None = None  # file name inside the model directory; None for catalog models
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    path: str | None
+    source: str  # "directory" | "catalog"
+    architecture: str
+    num_hidden_layers: int
+    hidden_size: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    intermediate_size: int
+    vocab_size: int
+    max_position_embeddings: int  # exllamav2's config.max_seq_len default (same key order)
+    rope_theta: float
+    rope_scaling: dict[str, Any] | None
+    sliding_window: int
+    uses_swa: bool
+    attn_logit_softcapping: float | None
+    final_logit_softcapping: float | None
+    num_experts: int | None
+    num_experts_per_tok: int | None
+    tie_word_embeddings: bool
+    quant_method: str | None  # "exl2", "gptq", ... or None for an unquantized checkpoint
+    bits_per_weight: float | None
+    head_bits: int | None
+    use_qk_norm: bool = False
+    partial_rotary_factor: float = 1.0
+    tensors: tuple[TensorInfo, ...] = ()
+    fingerprint: str | None = None
+    catalog_id: str | None = None
+    hf_repo: str | None = None
+
+    @property
+    def rules(self) -> ArchRules:
+        rules = arch_rules(self.architecture)
+        assert rules is not None  # load_model_spec refuses unknown architectures
+        return rules
+
+    @property
+    def num_key_value_groups(self) -> int:
+        return self.num_attention_heads // self.num_key_value_heads
+
+    @cached_property
+    def tensor_bytes(self) -> dict[str, int]:
+        """name -> bytes on disk (what exllamav2's `STFile.measure` returns)."""
+        return {t.name: t.nbytes for t in self.tensors}
+
+    @property
+    def total_tensor_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+    def summary(self) -> ModelSummary:
+        return ModelSummary(
+            name=self.name,
+            path=self.path,
+            architecture=self.architecture,
+            layers=self.num_hidden_layers,
+            hidden_size=self.hidden_size,
+            attention_heads=self.num_attention_heads,
+            kv_heads=self.num_key_value_heads,
+            head_dim=self.head_dim,
+            vocab_size=self.vocab_size,
+            max_position_embeddings=self.max_position_embeddings,
+            bits_per_weight=self.bits_per_weight,
+            fingerprint=self.fingerprint,
+            source=self.source,
+        )
