@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from exlx_autocfg.data import load_data
 from exlx_autocfg.facts.what_if import gpu_table, what_if_facts
 from exlx_autocfg.planner.backends import BackendQuery, rules, select
 from exlx_autocfg.planner.xformers_releases import xformers_releases
@@ -56,8 +57,8 @@ def render() -> str:
         "     profiles/xformers.toml and profiles/gpus.toml. Do not edit: change the data, regenerate. -->",
         "",
         "exllamav2 tries the attention backends in this order at every forward pass: "
-        + " → ".join(f"`{b}`" for b in r["precedence"]["order"])
-        + f" ({r['precedence']['source']}).",
+        + " → ".join(f"`{b}`" for b in load_data("exllamav2.toml")["precedence"]["order"])
+        + f" ({load_data('exllamav2.toml')['precedence']['source']}).",
         "The planner chooses the first backend that is valid for the GPUs in use (the weakest decides), the",
         "installed libraries, the model and the exllamav2 version, and sets `no_flash_attn` /",
         "`no_xformers` / `no_sdpa` so that exllamav2's own order lands on it.",

@@ -19,7 +19,7 @@ from packaging.utils import canonicalize_name
 from exlx_autocfg.data import load_data
 from exlx_autocfg.errors import UsageError
 from exlx_autocfg.facts.types import GPU, Facts, GPUReport, LibraryFacts, PythonFacts
-from exlx_autocfg.planner.backends import derived_details, rules, version_of
+from exlx_autocfg.planner.backends import LATEST_EXLLAMAV2, derived_details, rules, version_of
 
 MIB = 1024 * 1024
 
@@ -190,7 +190,8 @@ def what_if_facts(
         facts.gpu = GPUReport(gpus=[row.to_gpu(i) for i, row in enumerate(rows)], source="table")
     rocm = any(g.vendor == "amd" for g in facts.gpu.gpus)
     if base is None:
-        for name, version in rules()["what_if"]["default_stack"].items():
+        stack = {"exllamav2": LATEST_EXLLAMAV2, **rules()["what_if"]["default_stack"]}
+        for name, version in stack.items():
             if name != "source":
                 facts.libraries[name] = _library(name, version, rocm=rocm)
         for name, version in (recommended_libraries(facts.gpu.gpus) if recommended else {}).items():

@@ -19,6 +19,7 @@ from typing import Any
 from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion, Version
 
+from exlx_autocfg import exl2
 from exlx_autocfg.data import load_data
 from exlx_autocfg.errors import BackendRefusedError, UsageError
 from exlx_autocfg.facts.types import GPU, Facts
@@ -26,7 +27,7 @@ from exlx_autocfg.planner.types import BACKENDS
 from exlx_autocfg.planner.xformers_releases import XformersRelease, xformers_release
 
 # exllamav2 version assumed when the target interpreter does not have it installed.
-LATEST_EXLLAMAV2 = "0.3.2"
+LATEST_EXLLAMAV2 = exl2.LATEST
 
 
 def rules() -> dict[str, Any]:
@@ -320,7 +321,7 @@ class Matmul:
 
 
 REGISTRY: dict[str, Any] = {cls.name: cls for cls in (FlashAttn, Xformers, Sdpa, Matmul)}
-assert tuple(REGISTRY) == BACKENDS == tuple(rules()["precedence"]["order"])
+assert tuple(REGISTRY) == BACKENDS
 
 
 # ------------------------------------------------------------------------------------------------ ranking
