@@ -70,8 +70,8 @@ def yi_on_2080ti_22gb() -> None:
             row = {}
             for name, facts in stacks.items():
                 p = plan(facts, spec, cache=mode, chunk_size=chunk)
-                assert p.backend == name, (p.backend, name)
-                row[name] = (p.max_seq_len_by_cache_mode[mode], p.chunk_size)
+                assert p.settings.backend == name, (p.settings.backend, name)
+                row[name] = (p.max_seq_len_by_cache_mode[mode], p.settings.max_input_len)
             (xf, xf_chunk), (mm, mm_chunk) = row["xformers"], row["matmul"]
             print(f"  {mode:6} {xf:>9} (c{xf_chunk:>4}) {mm:>9} (c{mm_chunk:>4}) {xf - mm:>+18}")
 

@@ -383,8 +383,8 @@ def plan_for(facts: Any, spec: Any, **request: Any) -> Any:
 def plan_memory_row(p: Any) -> dict[str, Any]:
     mem = p.memory[0] if p.memory else None
     return {
-        "backend": p.backend, "cache_mode": p.cache_mode, "max_seq_len": p.max_seq_len,
-        "chunk_size": p.chunk_size,
+        "backend": p.settings.backend, "cache_mode": p.settings.cache_mode,
+        "max_seq_len": p.settings.max_seq_len, "chunk_size": p.settings.max_input_len,
         "weights": mem.weights_bytes if mem else None, "cache": mem.cache_bytes if mem else None,
         "scratch": mem.scratch_bytes if mem else None, "reserve": mem.reserve_bytes if mem else None,
         "total": mem.total_bytes if mem else None, "budget": mem.budget_bytes if mem else None,
@@ -461,13 +461,14 @@ def load_and_measure(ctx: Context, plan: Any, label: str, *, prefill: bool = Tru
     # One prefill of a full chunk at the END of the context: the worst-case attention and MLP transients
     # (keys span the whole cache) that the plan's scratch must cover. The cache content does not matter.
     if prefill:
-        chunk = min(plan.chunk_size, plan.max_seq_len)
+        seq = plan.settings.max_seq_len
+        chunk = min(plan.settings.max_input_len, seq)
         ids = torch.randint(3, read_shape(ctx.model_dir).vocab_size, (1, chunk))
-        cache.current_seq_len = plan.max_seq_len - chunk
+        cache.current_seq_len = seq - chunk
         torch.cuda.reset_peak_memory_stats()
         model.forward(ids, cache, preprocess_only=True)
         torch.cuda.synchronize()
-        row["prefill_tokens"], row["prefill_past_len"] = chunk, plan.max_seq_len - chunk
+        row["prefill_tokens"], row["prefill_past_len"] = chunk, seq - chunk
         row["peak_allocated"] = torch.cuda.max_memory_allocated() - base_alloc
     row["peak_reserved"] = torch.cuda.max_memory_reserved()
     used = nvml_used_bytes() or {}
@@ -539,8 +540,9 @@ def step_memory(ctx: Context, r: StepResult) -> None:
             try:
                 plans[key] = plan_for(facts, spec, **request)
                 r.data["plans"][key] = plan_memory_row(plans[key])
-                r.check(f"plan {key}", plans[key].cache_mode == mode and plans[key].max_seq_len > 0,
-                        f"{plans[key].cache_mode} at {plans[key].max_seq_len}")
+                s = plans[key].settings
+                r.check(f"plan {key}", s.cache_mode == mode and s.max_seq_len > 0,
+                        f"{s.cache_mode} at {s.max_seq_len}")
             except Exception as exc:
                 r.data["plans"][key] = {"error": first_error_line(exc)}
                 r.check(f"plan {key}", False, first_error_line(exc))

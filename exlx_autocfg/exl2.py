@@ -15,7 +15,7 @@ from typing import Any
 
 from exlx_autocfg.data import load_data
 from exlx_autocfg.facts.types import Facts
-from exlx_autocfg.versions import at_least
+from exlx_autocfg.versions import at_least, in_specifier
 
 
 def vocabulary() -> dict[str, Any]:
@@ -61,8 +61,9 @@ def cache_layout(mode: str) -> CacheLayout:
     if mode not in CACHE_MODES:
         raise ValueError(f"cache mode must be one of {', '.join(CACHE_MODES)}, got {mode!r}")
     row = _V["cache"][mode]
-    return CacheLayout(row["class"], row["element_bytes"], row["k_per_element"], row["v_per_element"],
-                       row["scales"])
+    return CacheLayout(
+        row["class"], row["element_bytes"], row["k_per_element"], row["v_per_element"], row["scales"]
+    )
 
 
 def normalise_backend(name: str) -> str | None:
@@ -82,9 +83,7 @@ def switches_for(choice: str, invalid: frozenset[str] | set[str] | tuple[str, ..
     if choice not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {choice!r}")
     rank = BACKENDS.index(choice)
-    return {
-        SWITCH[b]: b != choice and (BACKENDS.index(b) < rank or b in invalid) for b in SWITCHED
-    }
+    return {SWITCH[b]: b != choice and (BACKENDS.index(b) < rank or b in invalid) for b in SWITCHED}
 
 
 def env_for(switches: Mapping[str, bool]) -> dict[str, str | None]:
@@ -125,6 +124,13 @@ class ImportFlags:
             flash_window=bool(getattr(attn, "has_flash_attn_with_window", False)),
             flash_softcap=bool(getattr(attn, "has_flash_attn_with_softcap", False)),
         )
+
+
+def xformers_mask_import(exllamav2: str | None) -> str | None:
+    """The xformers mask class path `import exllamav2` imports at this version (None: it imports none)."""
+    version = exllamav2 or LATEST
+    rows = backend_rules()["xformers"]["mask_import"]
+    return next((r["path"] for r in rows if in_specifier(version, r["exllamav2"])), None)
 
 
 def flash_features(version: str | None) -> dict[str, bool]:
@@ -184,16 +190,24 @@ def import_flags(
     return ImportFlags(**flags)
 
 
-def compat_overrides(switches: Mapping[str, bool], flags: ImportFlags, *, softcap: bool = False,
-                     sliding_window: bool = False, eager_only: bool = False) -> dict[str, bool]:
+def compat_overrides(
+    switches: Mapping[str, bool],
+    flags: ImportFlags,
+    *,
+    softcap: bool = False,
+    sliding_window: bool = False,
+    eager_only: bool = False,
+) -> dict[str, bool]:
     """ExLlamaV2Config.arch_compat_overrides (config.py L636-672): the switches after exllamav2 turns off
     backends the model cannot use (eager-only architectures: all; softcap or SWA without flash-attn support:
     flash-attn; softcap or SWA: xformers)."""
     out = {s: bool(switches.get(s, False)) for s in SWITCHES}
     if eager_only:
         return dict.fromkeys(SWITCHES, True)
-    if flags.flash_attn and not out[SWITCH["flash_attn"]] and (
-        (softcap and not flags.flash_softcap) or (sliding_window and not flags.flash_window)
+    if (
+        flags.flash_attn
+        and not out[SWITCH["flash_attn"]]
+        and ((softcap and not flags.flash_softcap) or (sliding_window and not flags.flash_window))
     ):
         out[SWITCH["flash_attn"]] = True
     if flags.xformers and not out[SWITCH["xformers"]] and (softcap or sliding_window):

@@ -62,8 +62,9 @@ class Settings:
         """The same settings on another backend: its switches, and unpaged unless it is flash-attn."""
         from dataclasses import replace
 
-        return replace(self, backend=backend, paged=self.paged and backend == "flash_attn",
-                       **exl2.switches_for(backend))
+        return replace(
+            self, backend=backend, paged=self.paged and backend == "flash_attn", **exl2.switches_for(backend)
+        )
 
 
 def _bad(key: str, message: str) -> NoReturn:

@@ -7,10 +7,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from exlx_autocfg.errors import BackendRefusedError, UsageError
+from exlx_autocfg.exl2 import BACKENDS, switches_for
 from exlx_autocfg.facts.types import LibraryFacts
 from exlx_autocfg.facts.what_if import what_if_facts
-from exlx_autocfg.planner.backends import BackendQuery, check_name, select, switches_for
-from exlx_autocfg.planner.types import BACKENDS
+from exlx_autocfg.planner.backends import BackendQuery, Selection, check_name, select
+
+
+def texts(s: Selection, backend: str) -> list[str]:
+    return [f.message for f in s.rejected.get(backend, [])]
+
+
+def codes(s: Selection, backend: str) -> list[str]:
+    return [f.code for f in s.rejected.get(backend, [])]
 
 
 def query(gpus, assume=(), exl2="0.3.2", softcap=False, swa=False, facts=None):
@@ -39,20 +47,20 @@ def test_flash_below_paged_version_runs_unpaged():
 def test_flash_too_old_for_exllamav2():
     s = chosen(["3090"], ["flash-attn==2.1.1"])
     assert s.backend != "flash_attn"
-    assert any("< 2.2.1" in r for r in s.rejected["flash_attn"])
+    assert any("< 2.2.1" in r for r in texts(s, "flash_attn"))
 
 
 def test_flash_refused_on_turing_with_reason():
     s = chosen(["2080ti-22gb"], ["flash-attn==2.7.4"])
     assert s.backend == "matmul"
-    assert any("7.5 < 8.0" in r for r in s.rejected["flash_attn"])
+    assert any("7.5 < 8.0" in r for r in texts(s, "flash_attn"))
     assert s.switches["no_flash_attn"]  # installed but unusable: exllamav2 would otherwise still call it
 
 
 def test_weakest_gpu_decides():
     s = chosen(["3090", "p40"], ["flash-attn==2.7.4"])
     assert s.backend == "matmul"
-    assert any("Tesla P40" in r and "6.1" in r for r in s.rejected["flash_attn"])
+    assert any("Tesla P40" in r and "6.1" in r for r in texts(s, "flash_attn"))
 
 
 def test_flash_import_error_is_rejected_and_warned():
@@ -61,8 +69,10 @@ def test_flash_import_error_is_rejected_and_warned():
     facts.libraries["flash-attn"].import_error = "undefined symbol: _ZN3c104cuda9SetDeviceEi"
     s = select(BackendQuery(facts, tuple(facts.gpu.gpus), "0.3.2"))
     assert s.backend == "matmul" and s.switches["no_flash_attn"]
-    assert any("undefined symbol" in r for r in s.rejected["flash_attn"])
-    assert any("breaks `import exllamav2`" in w for w in s.warnings)
+    assert any("undefined symbol" in r for r in texts(s, "flash_attn"))
+    assert any("breaks `import exllamav2`" in w.message for w in s.warnings)
+    assert "backend.flash_attn.import_fails" in codes(s, "flash_attn")
+    assert "backend.flash_attn.import_breaks_exllamav2" in {w.code for w in s.warnings}
 
 
 @pytest.mark.parametrize(
@@ -89,9 +99,9 @@ def test_softcap_model_never_gets_a_backend_that_ignores_it():
         swa=True,
     )
     assert s.backend == "matmul"
-    assert any("softcapping" in r for r in s.rejected["xformers"])
-    assert any("sliding-window" in r for r in s.rejected["xformers"])
-    assert any("softcapping" in r for r in s.rejected["sdpa"])
+    assert any("softcapping" in r for r in texts(s, "xformers"))
+    assert any("sliding-window" in r for r in texts(s, "xformers"))
+    assert any("softcapping" in r for r in texts(s, "sdpa"))
 
 
 # -------------------------------------------------------------------------------------------- xformers
@@ -105,7 +115,7 @@ def test_xformers_chosen_on_turing_when_it_matches_torch():
 
 def test_xformers_without_the_mask_import_exllamav2_needs():
     s = chosen(["t4"], ["torch==2.1.0", "xformers==0.0.22.post7"])
-    assert any("attn_bias.LowerTriangularFromBottomRightMask" in r for r in s.rejected["xformers"])
+    assert any("attn_bias.LowerTriangularFromBottomRightMask" in r for r in texts(s, "xformers"))
 
 
 def test_xformers_mask_path_depends_on_exllamav2_version():
@@ -114,17 +124,17 @@ def test_xformers_mask_path_depends_on_exllamav2_version():
     old_bad = chosen(["t4"], ["torch==2.3.1", "xformers==0.0.27"], exl2="0.1.5")
     assert "xformers" in old_ok.valid
     assert any(
-        "xformers.ops.fmha.LowerTriangularFromBottomRightMask" in r for r in old_bad.rejected["xformers"]
+        "xformers.ops.fmha.LowerTriangularFromBottomRightMask" in r for r in texts(old_bad, "xformers")
     )
     assert any(
         "no xformers path" in r
-        for r in chosen(["t4"], ["xformers==0.0.26.post1"], exl2="0.1.0").rejected["xformers"]
+        for r in texts(chosen(["t4"], ["xformers==0.0.26.post1"], exl2="0.1.0"), "xformers")
     )
 
 
 def test_xformers_cpp_ops_must_match_torch():
     s = chosen(["t4"], ["torch==2.5.1", "xformers==0.0.29.post3"])  # built for torch 2.6.0
-    assert any("built for torch 2.6.0" in r for r in s.rejected["xformers"])
+    assert any("built for torch 2.6.0" in r for r in texts(s, "xformers"))
 
 
 def test_xformers_stable_abi_loads_on_newer_torch():
@@ -134,13 +144,13 @@ def test_xformers_stable_abi_loads_on_newer_torch():
 
 def test_xformers_dropped_volta():
     s = chosen(["v100-32gb"], ["torch==2.7.1", "xformers==0.0.31.post1"])
-    assert any("7.0 < 7.5" in r for r in s.rejected["xformers"])
+    assert any("7.0 < 7.5" in r for r in texts(s, "xformers"))
     assert "xformers" in chosen(["v100-32gb"], ["torch==2.7.0", "xformers==0.0.30"]).valid
 
 
 def test_xformers_flash_window_enforced_from_0031():
     s = chosen(["4090"], ["torch==2.8.0", "xformers==0.0.32.post2", "flash-attn==2.8.3"])
-    assert any("accepts 2.7.1..2.8.2" in r for r in s.rejected["xformers"])
+    assert any("accepts 2.7.1..2.8.2" in r for r in texts(s, "xformers"))
     assert s.backend == "flash_attn" and s.switches["no_xformers"]
 
 
@@ -149,7 +159,7 @@ def test_measured_facts_win_over_derived_ones():
     facts.libraries["xformers"].details["has_cpp_library"] = False
     facts.libraries["xformers"].details["cpp_load_error"] = "libcudart.so.12: cannot open shared object file"
     s = select(BackendQuery(facts, tuple(facts.gpu.gpus), "0.3.2"))
-    assert any("libcudart" in r or "built for" in r for r in s.rejected["xformers"])
+    assert any("libcudart" in r or "built for" in r for r in texts(s, "xformers"))
 
 
 # ------------------------------------------------------------------------------------------------ SDPA
@@ -159,14 +169,15 @@ def test_sdpa_wrong_on_0_2_9_to_0_3_2_and_fine_on_0_2_8():
     bad = chosen(["t4"], ["torch==2.6.0"], exl2="0.2.9")
     good = chosen(["t4"], ["torch==2.6.0"], exl2="0.2.8")
     assert bad.backend == "matmul" and bad.switches["no_sdpa"]
-    assert any(r.startswith("WRONG") for r in bad.rejected["sdpa"])
+    assert any(r.startswith("WRONG") for r in texts(bad, "sdpa"))
+    assert "backend.sdpa.causal_defect" in codes(bad, "sdpa")
     assert good.backend == "sdpa" and not good.switches["no_sdpa"]
 
 
 def test_sdpa_needs_causal_lower_right():
     s = chosen(["t4"], ["torch==2.2.2"], exl2="0.2.8")
-    assert any("causal_lower_right" in r for r in s.rejected["sdpa"])
-    assert any("no SDPA path" in r for r in chosen(["t4"], ["torch==2.6.0"], exl2="0.1.4").rejected["sdpa"])
+    assert any("causal_lower_right" in r for r in texts(s, "sdpa"))
+    assert any("no SDPA path" in r for r in texts(chosen(["t4"], ["torch==2.6.0"], exl2="0.1.4"), "sdpa"))
 
 
 # ------------------------------------------------------------------------------------------------ ROCm
@@ -175,10 +186,10 @@ def test_sdpa_needs_causal_lower_right():
 def test_rocm_rules():
     mi300 = chosen(["mi300x"], ["torch==2.4.1+rocm6.1", "xformers==0.0.28.post1", "flash-attn==2.6.3"])
     assert mi300.backend == "xformers"
-    assert any("ROCm" in r for r in mi300.rejected["flash_attn"])
+    assert any("ROCm" in r for r in texts(mi300, "flash_attn"))
     navi = chosen(["7900xtx"], ["torch==2.4.1+rocm6.1", "xformers==0.0.28.post1"])
     assert navi.backend == "matmul"
-    assert any("gfx1100" in r for r in navi.rejected["xformers"])
+    assert any("gfx1100" in r for r in texts(navi, "xformers"))
 
 
 # ---------------------------------------------------------------------------------------------- forcing
@@ -218,9 +229,8 @@ def test_switches_make_exllamav2_land_on_the_choice(present, invalid):
     """Whatever is importable (present) and whatever the rules reject (invalid), the switches realise the
     first valid backend and never leave an invalid one reachable above matmul."""
     valid = [b for b in BACKENDS if b not in invalid]
-    rejected = {b: ["x"] for b in invalid}
     choice = valid[0]
-    switches = switches_for(choice, rejected)
+    switches = switches_for(choice, invalid=frozenset(invalid))
     runs = exllamav2_precedence(present | ({choice} if choice != "matmul" else set()), switches)
     assert runs == choice
     # Padded batches skip flash/xformers and go to _attn_torch: SDPA only if valid.
@@ -232,4 +242,5 @@ def test_libraries_not_installed_are_reported():
     facts = what_if_facts(["3090"], ["flash-attn==none"])
     assert facts.libraries["flash-attn"] == LibraryFacts(name="flash-attn", installed=False)
     s = select(BackendQuery(facts, tuple(facts.gpu.gpus), "0.3.2"))
-    assert s.rejected["flash_attn"] == ["flash-attn is not installed"]
+    assert texts(s, "flash_attn") == ["flash-attn is not installed"]
+    assert codes(s, "flash_attn") == ["backend.flash_attn.not_installed"]

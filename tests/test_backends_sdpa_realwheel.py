@@ -115,7 +115,8 @@ def test_planner_switches_land_on_the_causal_path(attention):
     facts = what_if_facts(["t4"], ["torch==2.6.0", "exllamav2==0.3.2"])
     selection = select(BackendQuery(facts, tuple(facts.gpu.gpus), "0.3.2"))
     assert selection.backend == "matmul"
-    assert any("WRONG" in r for r in selection.rejected["sdpa"])
+    assert any("WRONG" in f.message for f in selection.rejected["sdpa"])
+    assert "backend.sdpa.causal_defect" in {f.code for f in selection.rejected["sdpa"]}
     assert selection.switches["no_sdpa"] is True
     out = _run(attn, config, no_sdpa=selection.switches["no_sdpa"])
     assert (out - _reference(attn, causal=True)).abs().max() < 1e-2

@@ -25,6 +25,8 @@ from exlx_autocfg.checks.importer import try_import
 from exlx_autocfg.checks.render import render_text
 from exlx_autocfg.facts.detect import detect
 from exlx_autocfg.facts.what_if import what_if_facts
+from exlx_autocfg.findings import CODES
+from exlx_autocfg.serde import to_data
 from tests.support.envs import xformers_site
 from tests.support.fake_pynvml import use_fake_nvml
 from tests.support.standin import STANDIN_SITE
@@ -179,14 +181,14 @@ def test_what_if_v100_with_xformers_031(cpu_xformers_026):
     assert report.what_if and report.verdict("exllamav2-import").details.get("skipped")
     v = report.verdict("xformers")
     assert v.status == "fail"
-    assert any("V100" in s and "7.5" in s for s in [v.reason, *v.also])
+    assert any("V100" in s and "7.5" in s for s in [v.reason, *(f.message for f in v.also)])
 
 
 def test_what_if_p40_with_flash_attn(flash_broken_h100):
     _, facts, _ = flash_broken_h100
     v = check(facts=facts, gpu=["p40"], import_test=False).verdict("flash-attn")
     assert v.status == "fail"
-    assert any("P40" in s and "8.0" in s for s in [v.reason, *v.also])
+    assert any("P40" in s and "8.0" in s for s in [v.reason, *(f.message for f in v.also)])
 
 
 # ------------------------------------------------------------------------------------------ CLI and JSON
@@ -198,7 +200,8 @@ def test_cli_json_and_exit_codes(cpu_xformers_026, tmp_path, capsys):
     path.write_text(facts.to_json())
     assert cli.run(["check", "--facts", str(path), "--json"]) == 1
     doc = json.loads(capsys.readouterr().out)
-    assert doc["schema"] == 1 and [v["id"] for v in doc["verdicts"]] == list(CHECKS)
+    assert doc["schema"] == 2 and [v["id"] for v in doc["verdicts"]] == list(CHECKS)
+    assert all(v["code"] in CODES for v in doc["verdicts"])
     assert doc["summary"]["fail"] >= 1
     # Usage errors exit 2 with one line.
     assert cli.run(["check", "--facts", str(path), "--require", "numpy"]) == 2
@@ -296,14 +299,18 @@ def test_golden_one_case_per_check(cpu_xformers_026, flash_broken_h100):
         key=lambda kv: -len(kv[0]),
     )
     update = os.environ.get("EXLX_UPDATE_GOLDEN") == "1"
+    written = []
     for cid, report in sources.items():
-        got = _normalise(report.verdict(cid).__dict__, replacements)
+        got = _normalise(to_data(report.verdict(cid)), replacements)
         path = GOLDEN / f"{cid}.json"
         if update:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(got, indent=2, sort_keys=True) + "\n")
+            written.append(path.name)
             continue
         assert path.exists(), f"{path} missing: run with EXLX_UPDATE_GOLDEN=1"
         assert got == json.loads(path.read_text()), (
             f"{cid} differs from {path} (EXLX_UPDATE_GOLDEN=1 to accept)"
         )
+    # Rewriting the golden files proves nothing: never let that run pass (review `git diff`, re-run).
+    assert not update, f"rewrote {', '.join(written)}; review `git diff tests/golden` and re-run without it"

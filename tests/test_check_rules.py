@@ -235,7 +235,7 @@ def test_json_round_trip_keeps_schema():
     report = verdicts(["p40"], ["flash-attn==2.7.4.post1"])
     again = CheckReport.from_dict(report.to_dict())
     assert again.to_dict() == report.to_dict()
-    assert report.to_dict()["schema"] == 1
+    assert report.to_dict()["schema"] == 2
     assert set(report.to_dict()["summary"]) == set(STATUSES)
 
 

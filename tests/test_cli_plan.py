@@ -38,7 +38,11 @@ def test_json_document(capsys):
     code, out, _ = plan_cli(capsys, "llama3-70b@2.5bpw", "--gpu", "3090x2", "--context", "16384", "--json")
     assert code == 0
     doc = json.loads(out)
-    assert doc["schema"] == 1 and doc["max_seq_len"] == 16384 and len(doc["gpu_split"]) == 2
+    assert (
+        doc["schema"] == 2
+        and doc["settings"]["max_seq_len"] == 16384
+        and len(doc["settings"]["gpu_split"]) == 2
+    )
     assert doc["model"]["layers"] == 80 and doc["model"]["kv_heads"] == 8
     assert set(doc["max_seq_len_by_cache_mode"]) == {"FP16", "Q8", "Q6", "Q4"}
     assert doc["reasons"][0]["decision"] == "backend"
@@ -102,8 +106,10 @@ def test_end_to_end_subprocess():
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     # A bare --gpu plan assumes the libraries recommended for the card: xformers on Pascal, not flash-attn.
-    assert doc["backend"] == "xformers" and doc["no_flash_attn"] is True and doc["no_sdpa"] is True
-    assert "xformers 0.0.29.post3" in " ".join(doc["warnings"])
+    s = doc["settings"]
+    assert s["backend"] == "xformers" and s["no_flash_attn"] is True and s["no_sdpa"] is True
+    assert "xformers 0.0.29.post3" in " ".join(w["message"] for w in doc["warnings"])
+    assert "plan.what_if" in {w["code"] for w in doc["warnings"]}
     bad = subprocess.run(
         [exe, "plan", "yi-34b@4.0bpw", "--gpu", "p4O"], capture_output=True, text=True, timeout=60
     )

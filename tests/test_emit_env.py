@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from exlx_autocfg.emitters import emit, shell_env
 from exlx_autocfg.emitters.common import runtime_env
+from exlx_autocfg.emitters.source import EmitInput
 from tests.support.emit_samples import ampere_plan, mixed_split_plan, turing_plan
 
 EXLLAMA = ("EXLLAMA_NO_FLASH_ATTN", "EXLLAMA_NO_XFORMERS", "EXLLAMA_NO_SDPA")
@@ -51,9 +52,9 @@ def test_split_plan_pins_cuda_order_to_the_plan():
 
 
 def test_single_gpu_pinned_only_when_the_machine_has_more():
-    assert "CUDA_VISIBLE_DEVICES" not in runtime_env(turing_plan())
-    assert "CUDA_VISIBLE_DEVICES" not in runtime_env(turing_plan(), machine_gpu_count=1)
-    assert runtime_env(turing_plan(), machine_gpu_count=2)["CUDA_VISIBLE_DEVICES"] == "0"
+    assert "CUDA_VISIBLE_DEVICES" not in runtime_env(EmitInput.from_plan(turing_plan()))
+    assert "CUDA_VISIBLE_DEVICES" not in runtime_env(EmitInput.from_plan(turing_plan(), machine_gpu_count=1))
+    assert runtime_env(EmitInput.from_plan(turing_plan(), machine_gpu_count=2))["CUDA_VISIBLE_DEVICES"] == "0"
 
 
 VALUES = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=20)

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exlx_autocfg.emitters import emit, tabbyapi
+from exlx_autocfg.emitters.source import EmitInput
 from exlx_autocfg.emitters.yaml_merge import merge_into_file, merge_yaml
 from exlx_autocfg.errors import InputError
 from tests.support.emit_samples import ampere_plan, mixed_split_plan, turing_plan
@@ -89,11 +90,12 @@ def test_tabbyapi_round_trip_keeps_comments_and_foreign_keys():
     plan = turing_plan()
     merged = merge_tabby(TABBY_CONFIG, plan)
     before, after = yaml.safe_load(TABBY_CONFIG), yaml.safe_load(merged)
-    owned = tabbyapi.model_settings(plan)
+    owned = tabbyapi.model_settings(EmitInput.from_plan(plan))
     # Owned keys carry the plan; nothing else in `model:` changed.
     assert {k: after["model"][k] for k in owned} == owned
     assert {k: v for k, v in after["model"].items() if k not in owned} == {
-        k: v for k, v in before["model"].items() if k not in owned}
+        k: v for k, v in before["model"].items() if k not in owned
+    }
     # Other sections untouched.
     for section in ("network", "logging", "draft_model", "developer"):
         assert after[section] == before[section]
@@ -127,12 +129,19 @@ def test_remerge_replaces_header_and_values_idempotently():
 
 def test_keep_relative_model_dir_when_it_already_names_the_folder(tmp_path):
     models = tmp_path / "models"
-    plan = turing_plan(model=__import__("tests.support.emit_samples", fromlist=["model"]).model(
-        str(models / "Llama-3.1-8B-Instruct-exl2-4.0bpw")))
-    values = tabbyapi.keep_model_dir(tabbyapi.model_settings(plan), TABBY_CONFIG, tmp_path)
+    plan = turing_plan(
+        model=__import__("tests.support.emit_samples", fromlist=["model"]).model(
+            str(models / "Llama-3.1-8B-Instruct-exl2-4.0bpw")
+        )
+    )
+    values = tabbyapi.keep_model_dir(
+        tabbyapi.model_settings(EmitInput.from_plan(plan)), TABBY_CONFIG, tmp_path
+    )
     assert values["model_dir"] == "models"
     assert values["model_name"] == "Llama-3.1-8B-Instruct-exl2-4.0bpw"
-    elsewhere = tabbyapi.keep_model_dir(tabbyapi.model_settings(turing_plan()), TABBY_CONFIG, tmp_path)
+    elsewhere = tabbyapi.keep_model_dir(
+        tabbyapi.model_settings(EmitInput.from_plan(turing_plan())), TABBY_CONFIG, tmp_path
+    )
     assert elsewhere["model_dir"] == "/srv/models"
 
 
@@ -179,14 +188,17 @@ def test_merge_into_missing_file_creates_it(tmp_path):
     assert not (tmp_path / "sub" / "tabby_config.yml.bak").exists()
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("- a\n- b\n", "the top level is a list, not a mapping"),
-    ("just a string\n", "the top level is a str, not a mapping"),
-    ("model: [1, 2]\n", "`model` is a list, not a mapping"),
-    ("model: 7\n", "`model` is a int, not a mapping"),
-    ("model:\n  a: 1\n   b: 2\n", "not valid YAML (line 3)"),
-    ("model: {a: 1, a: 2}\n", "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("- a\n- b\n", "the top level is a list, not a mapping"),
+        ("just a string\n", "the top level is a str, not a mapping"),
+        ("model: [1, 2]\n", "`model` is a list, not a mapping"),
+        ("model: 7\n", "`model` is a int, not a mapping"),
+        ("model:\n  a: 1\n   b: 2\n", "not valid YAML (line 3)"),
+        ("model: {a: 1, a: 2}\n", "not valid YAML"),
+    ],
+)
 def test_bad_targets_are_refused_untouched(tmp_path, text, message):
     target = tmp_path / "config.yml"
     target.write_text(text)
@@ -235,21 +247,28 @@ def test_cmd_flags_file_parses_as_the_ui_reads_it(tmp_path):
     flags.write_text("--listen\n# keep me\n")
     assert run(["emit", "-f", "textgen-flags", str(profile), "-o", str(flags)]) == 0
     text = flags.read_text()
-    args = shlex.split(" ".join(line.strip() for line in text.splitlines()
-                                if line.strip() and not line.strip().startswith("#")))
+    args = shlex.split(
+        " ".join(
+            line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")
+        )
+    )
     assert args[:2] == ["--model", "Llama-3.1-8B-Instruct-exl2-4.0bpw"] and args[-1] == "--listen"
     assert "--max_seq_len" in args and "# keep me" in text
     assert (tmp_path / "CMD_FLAGS.txt.bak").read_text() == "--listen\n# keep me\n"
 
 
-@pytest.mark.parametrize("last", [
-    "  extra:\n    nested: 1 # eol\n",
-    "  list:\n    - a\n    - b # eol b\n",
-    "  list:\n    - k: 1\n      j: 2\n",
-    "  flow: [1, 2] # flow\n",
-    "  flow: {x: 1}\n",
-    "  plain: 3\n",
-], ids=["nested-map", "block-seq", "seq-of-maps", "flow-seq", "flow-map", "scalar"])
+@pytest.mark.parametrize(
+    "last",
+    [
+        "  extra:\n    nested: 1 # eol\n",
+        "  list:\n    - a\n    - b # eol b\n",
+        "  list:\n    - k: 1\n      j: 2\n",
+        "  flow: [1, 2] # flow\n",
+        "  flow: {x: 1}\n",
+        "  plain: 3\n",
+    ],
+    ids=["nested-map", "block-seq", "seq-of-maps", "flow-seq", "flow-map", "scalar"],
+)
 def test_next_sections_comment_stays_with_it_whatever_ends_the_section(last):
     text = "model:\n  a: 1\n" + last + "# Draft section\ndraft_model:\n  x: 1\n"
     merged = merge_yaml(text, ("model",), {"a": 2, "cache_mode": "Q4"}, "# Generated by exlx-autocfg\n")
@@ -262,14 +281,20 @@ def test_next_sections_comment_stays_with_it_whatever_ends_the_section(last):
 @given(
     seq=st.integers(min_value=1, max_value=1 << 18).map(lambda n: n * 256),
     mode=st.sampled_from(["FP16", "Q8", "Q6", "Q4"]),
-    split=st.one_of(st.none(), st.lists(st.floats(min_value=0.5, max_value=80, allow_nan=False).map(
-        lambda x: round(x, 3)), min_size=2, max_size=4)),
+    split=st.one_of(
+        st.none(),
+        st.lists(
+            st.floats(min_value=0.5, max_value=80, allow_nan=False).map(lambda x: round(x, 3)),
+            min_size=2,
+            max_size=4,
+        ),
+    ),
 )
 def test_any_plan_round_trips_through_the_commented_config(seq, mode, split):
     plan = mixed_split_plan(max_seq_len=seq, cache_mode=mode, gpu_split=split)
     merged = merge_tabby(TABBY_CONFIG, plan)
     before, after = yaml.safe_load(TABBY_CONFIG), yaml.safe_load(merged)
-    owned = tabbyapi.model_settings(plan)
+    owned = tabbyapi.model_settings(EmitInput.from_plan(plan))
     assert {k: after["model"][k] for k in owned} == owned
     assert after["model"]["gpu_split"] == (split or [])
     del after["model"], before["model"]

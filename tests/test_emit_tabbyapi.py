@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from ruamel.yaml import YAML
 
 from exlx_autocfg.emitters import emit, tabbyapi
+from exlx_autocfg.emitters.source import EmitInput
 from tests.support.emit_samples import ampere_plan, autosplit_plan, mixed_split_plan, turing_plan
 
 MIB = 1024**2
@@ -66,7 +67,7 @@ def test_unpaged_plan_on_ampere_forces_compatibility_mode_by_env():
     # flash-attn missing on a 3090: TabbyAPI would start paged and fail unless exllamav2 reports
     # no_flash_attn, which only EXLLAMA_NO_FLASH_ATTN can make it do.
     p = ampere_plan(backend="sdpa", paged=False, no_flash_attn=False, no_xformers=True, max_batch_size=1)
-    env = tabbyapi.required_env(p)
+    env = tabbyapi.required_env(EmitInput.from_plan(p))
     assert env["EXLLAMA_NO_FLASH_ATTN"] == "1"
     assert parse(emit(p, "tabbyapi").text)["model"]["max_batch_size"] == 1
 
@@ -85,7 +86,7 @@ def test_autosplit_reserve_is_whole_mib_never_less_than_planned():
     m = parse(emit(p, "tabbyapi").text)["model"]
     assert m["gpu_split_auto"] is True and m["gpu_split"] == []
     assert m["autosplit_reserve"] == [193, 64]
-    for mb, planned in zip(m["autosplit_reserve"], p.autosplit_reserve_bytes, strict=True):
+    for mb, planned in zip(m["autosplit_reserve"], p.settings.reserve_bytes, strict=True):
         # TabbyAPI: int(math.ceil(value * 1024**2)) bytes (backends/exllamav2/model.py)
         assert planned <= math.ceil(mb * MIB) < planned + MIB
 
@@ -113,9 +114,14 @@ def test_catalog_model_has_no_model_dir():
     paged=st.booleans(),
 )
 def test_cache_size_follows_tabbyapi_rules(max_seq_len, chunk, mode, paged):
-    p = ampere_plan(max_seq_len=max_seq_len, chunk_size=chunk, max_attention_size=chunk**2, cache_mode=mode,
-                    paged=paged)
-    m = tabbyapi.model_settings(p)
+    p = ampere_plan(
+        max_seq_len=max_seq_len,
+        max_input_len=chunk,
+        max_attention_size=chunk**2,
+        cache_mode=mode,
+        paged=paged,
+    )
+    m = tabbyapi.model_settings(EmitInput.from_plan(p))
     assert m["cache_size"] % 256 == 0 and m["cache_size"] >= m["max_seq_len"] == max_seq_len
     tokens = max_seq_len * (8 if paged else 1)
     assert 0 <= m["cache_size"] - tokens < 256

@@ -87,7 +87,7 @@ def test_dry_run_writes_the_model_and_plans_every_cache_mode(dry_run):
     kv = [plans[f"{m}/fixed"]["parts"]["cache"] for m in modes]
     assert kv == sorted(kv, reverse=True) and len(set(kv)) == 4
     saved = json.loads((out / "plans.json").read_text())
-    assert saved["Q4/planned"]["cache_mode"] == "Q4"
+    assert saved["Q4/planned"]["settings"]["cache_mode"] == "Q4"
 
 
 def test_dry_run_shows_the_sdpa_causal_mask_defect_on_cpu(dry_run):

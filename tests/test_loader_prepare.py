@@ -12,9 +12,10 @@ import warnings
 import pytest
 
 from exlx_autocfg.errors import ModelSpecError, ProfileError, StaleProfileError, UsageError
+from exlx_autocfg.exl2 import ENV
 from exlx_autocfg.model.load import load_model_spec
 from exlx_autocfg.profile.format import profile_from_plan, read_profile, write_profile
-from exlx_autocfg.profile.loader import ENV_SWITCHES, LoaderError, StaleProfileWarning, prepare
+from exlx_autocfg.profile.loader import LoaderError, StaleProfileWarning, prepare
 from tests.support import profile_samples as samples
 from tests.support.model_dirs import make_model_dir
 from tests.support.standin import import_exllamav2
@@ -28,7 +29,7 @@ def exl2():
 @pytest.fixture(autouse=True)
 def restore_switches(monkeypatch):
     """prepare() sets EXLLAMA_NO_* in os.environ; put the test process's environment back afterwards."""
-    for var in ENV_SWITCHES.values():
+    for var in ENV.values():
         monkeypatch.delenv(var, raising=False)
 
 
@@ -55,7 +56,7 @@ def write_profile_for(model_dir, path, facts=None, **plan_kw):
 def test_prepare_builds_the_real_config_and_cache(exl2, llama, tmp_path, mode, cls):
     backend = usable_backend(exl2)
     path = write_profile_for(llama, tmp_path / "p.toml", backend=backend, cache_mode=mode, max_seq_len=12288,
-                             chunk_size=1024, max_attention_size=1024 * 2048, max_batch_size=2)
+                             max_input_len=1024, max_attention_size=1024 * 2048, max_batch_size=2)
     prepared = prepare(llama, path, facts=samples.facts())
     config = prepared.config
     assert type(config) is exl2.ExLlamaV2Config
@@ -80,7 +81,7 @@ def test_split_and_reserves_come_through(exl2, llama, tmp_path):
                              gpu_split=[9.5, 12.25])
     assert prepare(llama, path, facts=samples.facts()).gpu_split == [9.5, 12.25]
     auto = write_profile_for(llama, tmp_path / "auto.toml", backend=usable_backend(exl2), autosplit=True,
-                             autosplit_reserve_bytes=[256 * 1024**2, 64 * 1024**2])
+                             reserve_bytes=[256 * 1024**2, 64 * 1024**2])
     prepared = prepare(llama, auto, facts=samples.facts())
     assert prepared.autosplit and prepared.reserve_vram == [256 * 1024**2, 64 * 1024**2]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from exlx_autocfg.exl2 import CACHE_MODES
 from exlx_autocfg.model.load import load_model_spec
 from exlx_autocfg.planner import memory
 from tests.support.model_dirs import make_model_dir
@@ -108,7 +109,7 @@ def test_cache_bytes_match_exllamav2(exl2, dirs, case, seq_len, batch):
         assert staging == memory.kv_staging_bytes(spec, mode, seq_len, batch), mode
         if mode != "FP16":
             assert cache.q_block == memory.q_block(spec)
-    per_token = {m: memory.kv_cache_bytes_per_token(spec, m) for m in memory.CACHE_MODES}
+    per_token = {m: memory.kv_cache_bytes_per_token(spec, m) for m in CACHE_MODES}
     full_fp16 = memory.kv_cache_bytes(spec, "FP16", seq_len, batch)
     assert full_fp16 == batch * seq_len * per_token["FP16"]
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from exlx_autocfg import exl2
 from exlx_autocfg.model.catalog import catalog
 from exlx_autocfg.model.load import load_model_spec
 from exlx_autocfg.planner import memory
 
 models = st.sampled_from(sorted(catalog()))
-modes = st.sampled_from(memory.CACHE_MODES)
+modes = st.sampled_from(exl2.CACHE_MODES)
 bpws = st.sampled_from([2.5, 3.0, 4.0, 4.65, 6.0, 8.0])
 
 
@@ -25,7 +26,7 @@ def test_cache_is_linear_in_tokens_and_batch(model, mode, seq, batch, bpw):
     assert memory.kv_cache_bytes(spec, mode, seq, batch, layers=half) + memory.kv_cache_bytes(
         spec, mode, seq, batch, layers=range(half, spec.num_hidden_layers)
     ) == memory.kv_cache_bytes(spec, mode, seq, batch)
-    more_precise = memory.CACHE_MODES[: memory.CACHE_MODES.index(mode)]
+    more_precise = exl2.CACHE_MODES[: exl2.CACHE_MODES.index(mode)]
     assert all(
         memory.kv_cache_bytes_per_token(spec, m) > memory.kv_cache_bytes_per_token(spec, mode)
         for m in more_precise
@@ -49,7 +50,7 @@ def test_module_costs_are_sane(model, bpw, chunk, batch):
 @settings(max_examples=25, deadline=None)
 @given(
     model=models,
-    backend=st.sampled_from(memory.BACKENDS),
+    backend=st.sampled_from(exl2.BACKENDS),
     chunk=st.sampled_from([256, 1024, 2048]),
     seq=st.integers(256, 1 << 18),
 )

@@ -14,6 +14,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from exlx_autocfg.exl2 import BACKENDS
 from exlx_autocfg.model.load import load_model_spec
 from exlx_autocfg.planner import memory
 from tests.support.model_dirs import make_model_dir
@@ -98,7 +99,7 @@ def test_attention_transients_match_the_real_torch_path(models, monkeypatch, arc
 
 def test_flash_needs_least_and_matmul_most():
     spec = load_model_spec("nous-capybara-34b@4.0")
-    sizes = [memory.attention_transient_bytes(spec, b, 2048, 2048**2, 32768) for b in memory.BACKENDS]
+    sizes = [memory.attention_transient_bytes(spec, b, 2048, 2048**2, 32768) for b in BACKENDS]
     assert sizes[0] < sizes[1] == sizes[2] < sizes[3]
     bounded = memory.attention_transient_bytes(spec, "matmul", 2048, 2048**2, 32768, path="forward")
     assert bounded < sizes[3] // 10  # model.forward cuts the chunk to keep q*k <= max_attention_size

@@ -7,11 +7,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exlx_autocfg.errors import BackendRefusedError, DoesNotFitError, UsageError
+from exlx_autocfg.exl2 import CACHE_MODES
+from exlx_autocfg.exl2 import PAGE_SIZE as PAGE
 from exlx_autocfg.facts.types import Facts, PythonFacts
 from exlx_autocfg.facts.what_if import gpu_table, what_if_facts
+from exlx_autocfg.findings import CODES
 from exlx_autocfg.model.load import load_model_spec
-from exlx_autocfg.planner.core import PAGE, device_totals_at, plan
-from exlx_autocfg.planner.types import CACHE_MODES, Plan
+from exlx_autocfg.planner.core import device_totals_at, plan
+from exlx_autocfg.planner.types import Plan
 
 MIB = 1024**2
 MODELS = [
@@ -43,13 +46,13 @@ def check_tight(facts: Facts, spec, p: Plan, **request) -> None:
         assert row.total_bytes <= row.budget_bytes
         assert row.total_bytes == sum(row.parts.values())
         assert row.total_bytes == row.weights_bytes + row.cache_bytes + row.scratch_bytes + row.reserve_bytes
-    assert p.max_seq_len % PAGE == 0 and p.max_seq_len >= PAGE
-    at = device_totals_at(facts, spec, p, p.max_seq_len, **request)
+    assert p.settings.max_seq_len % PAGE == 0 and p.settings.max_seq_len >= PAGE
+    at = device_totals_at(facts, spec, p, p.settings.max_seq_len, **request)
     assert at is not None and at == [row.total_bytes for row in p.memory]
     target = request.get("context") or spec.max_position_embeddings // PAGE * PAGE
     target = -(-target // PAGE) * PAGE
-    if p.max_seq_len < target:
-        assert device_totals_at(facts, spec, p, p.max_seq_len + PAGE, **request) is None
+    if p.settings.max_seq_len < target:
+        assert device_totals_at(facts, spec, p, p.settings.max_seq_len + PAGE, **request) is None
 
 
 @settings(max_examples=40, deadline=None)
@@ -72,14 +75,14 @@ def test_never_one_token_over(model, gpus, cache, context, margin, xformers):
         assert "\n" not in exc.one_line() and "GiB" in exc.one_line()
         return
     if cache:
-        assert p.cache_mode == cache
+        assert p.settings.cache_mode == cache
     check_tight(facts, specs[model], p, **request)
 
 
 def test_default_policy_most_precise_cache_reaching_the_target(specs):
     facts = what_if_facts(["4090"], ["flash-attn==2.7.4"])
     p = plan(facts, specs["llama3-8b@4.0bpw"])  # 8192 tokens: FP16 fits easily
-    assert (p.cache_mode, p.max_seq_len) == ("FP16", 8192)
+    assert (p.settings.cache_mode, p.settings.max_seq_len) == ("FP16", 8192)
     assert p.max_seq_len_by_cache_mode["Q4"] >= p.max_seq_len_by_cache_mode["FP16"]
     assert "reaches the target context 8192" in p.reason("cache_mode").why
 
@@ -88,22 +91,26 @@ def test_longest_context_when_no_mode_reaches_the_target(specs):
     facts = what_if_facts(["2080ti-22gb"], ["xformers==0.0.29.post3"])
     p = plan(facts, specs["nous-capybara-34b@4.0bpw"])  # 200k tokens: nothing reaches it
     by_mode = p.max_seq_len_by_cache_mode
-    assert p.cache_mode == "Q4" and p.max_seq_len == by_mode["Q4"] < 199_936
+    assert p.settings.cache_mode == "Q4" and p.settings.max_seq_len == by_mode["Q4"] < 199_936
     assert by_mode["FP16"] < by_mode["Q8"] < by_mode["Q6"] < by_mode["Q4"]
     rejected = p.reason("cache_mode").rejected
-    assert rejected["FP16"] == f"reaches only {by_mode['FP16']} tokens"
+    assert [(f.code, f.message) for f in rejected["FP16"]] == [
+        ("cache.shorter_context", f"reaches only {by_mode['FP16']} tokens")
+    ]
 
 
 def test_context_and_precision_overrides(specs):
     facts = what_if_facts(["2080ti-22gb"], ["xformers==0.0.29.post3"])
     spec = specs["nous-capybara-34b@4.0bpw"]
     p = plan(facts, spec, context=20000)
-    assert p.max_seq_len == 20224 and p.cache_mode == "Q8"  # FP16 reaches less than 20k here
+    assert (
+        p.settings.max_seq_len == 20224 and p.settings.cache_mode == "Q8"
+    )  # FP16 reaches less than 20k here
     p = plan(facts, spec, context=20000, min_cache_precision="FP16")
-    assert p.cache_mode == "FP16" and p.max_seq_len < 20000
-    assert "not allowed by --min-cache-precision FP16" in p.reason("cache_mode").rejected["Q4"]
+    assert p.settings.cache_mode == "FP16" and p.settings.max_seq_len < 20000
+    assert "not allowed by --min-cache-precision FP16" in p.reason("cache_mode").rejected_text("Q4")
     p = plan(facts, spec, cache="q6", context=8192)
-    assert p.cache_mode == "Q6" and p.max_seq_len == 8192
+    assert p.settings.cache_mode == "Q6" and p.settings.max_seq_len == 8192
     with pytest.raises(UsageError, match="--cache 'Q5'"):
         plan(facts, spec, cache="Q5")
     with pytest.raises(UsageError, match="unknown plan option"):
@@ -114,15 +121,16 @@ def test_xformers_fits_more_context_than_matmul_on_a_2080ti_22gb(specs):
     spec = specs["nous-capybara-34b@4.0bpw"]
     xf = plan(what_if_facts(["2080ti-22gb"], ["xformers==0.0.29.post3"]), spec)
     mm = plan(what_if_facts(["2080ti-22gb"]), spec)
-    assert (xf.backend, mm.backend) == ("xformers", "matmul")
-    assert mm.no_sdpa and "WRONG" in mm.reason("backend").rejected["sdpa"]
+    assert (xf.settings.backend, mm.settings.backend) == ("xformers", "matmul")
+    assert mm.settings.no_sdpa and "WRONG" in mm.reason("backend").rejected_text("sdpa")
+    assert [f.code for f in mm.reason("backend").rejected["sdpa"]] == ["backend.sdpa.causal_defect"]
     for mode in CACHE_MODES:
         assert xf.max_seq_len_by_cache_mode[mode] > mm.max_seq_len_by_cache_mode[mode]
 
 
 def test_matmul_trades_chunk_size_for_context(specs):
     mm = plan(what_if_facts(["2080ti-22gb"]), specs["nous-capybara-34b@4.0bpw"])
-    assert mm.chunk_size < 2048  # matmul attention weights grow with chunk x context
+    assert mm.settings.max_input_len < 2048  # matmul attention weights grow with chunk x context
     assert "the largest chunk within 3% of the longest context" in mm.reason("chunk_size").why
 
 
@@ -136,39 +144,48 @@ def test_weights_that_do_not_fit_name_what_is_missing(specs):
 
 def test_split_in_exllamav2_order_lm_head_last(specs):
     p = plan(what_if_facts(["3090x2", "4090"]), specs["llama3-70b@2.5bpw"], context=32768)
-    assert len(p.gpus) == len(p.gpu_split) == len(p.memory) >= 2
+    assert len(p.gpus) == len(p.settings.gpu_split) == len(p.memory) >= 2
     layers = [layer for row in p.memory for layer in row.layers]
     assert layers == sorted(layers) and set(layers) == set(range(80))
     assert p.memory[-1].parts["weights"] > 0
-    assert all(x > 0 for x in p.gpu_split)
+    assert all(x > 0 for x in p.settings.gpu_split)
 
 
 def test_unused_gpus_are_not_in_the_plan(specs):
     p = plan(what_if_facts(["p40", "1080ti"]), specs["llama3-8b@4.0bpw"])
-    assert [g.name for g in p.gpus] == ["Tesla P40"] and p.gpu_split is None
+    assert [g.name for g in p.gpus] == ["Tesla P40"] and p.settings.gpu_split is None
     assert "GTX 1080 Ti" in p.reason("gpus").why
 
 
 def test_weakest_gpu_in_use_decides_but_an_unused_one_does_not(specs):
     facts = what_if_facts(["3090", "p40"], ["flash-attn==2.7.4"])
     small = plan(facts, specs["llama3-8b@4.0bpw"])  # fits on the 3090 alone: the P40 is not in use
-    assert small.backend == "flash_attn" and len(small.gpus) == 1
+    assert small.settings.backend == "flash_attn" and len(small.gpus) == 1
     big = plan(facts, specs["llama3-70b@2.5bpw"], context=32768)  # needs both
-    assert big.backend != "flash_attn" and len(big.gpus) == 2
-    assert "Tesla P40" in big.reason("backend").rejected["flash_attn"]
+    assert big.settings.backend != "flash_attn" and len(big.gpus) == 2
+    assert "Tesla P40" in big.reason("backend").rejected_text("flash_attn")
 
 
 def test_softcap_model_never_planned_on_a_backend_that_ignores_it(specs):
     facts = what_if_facts(["3090"], ["xformers==0.0.29.post3", "flash-attn==2.5.9"])
     p = plan(facts, specs["gemma2-9b@6.0bpw"])
-    assert p.backend == "matmul" and p.no_flash_attn and p.no_xformers and p.no_sdpa
+    assert (
+        p.settings.backend == "matmul"
+        and p.settings.no_flash_attn
+        and p.settings.no_xformers
+        and p.settings.no_sdpa
+    )
 
 
 def test_exl3_advice_on_ampere_and_newer_only(specs):
     advice = "ExLlamaV3"
-    assert any(advice in w for w in plan(what_if_facts(["4090"]), specs["llama3-8b@4.0bpw"]).warnings)
-    assert not any(advice in w for w in plan(what_if_facts(["p40"]), specs["llama3-8b@4.0bpw"]).warnings)
-    assert not any(advice in w for w in plan(what_if_facts(["mi300x"]), specs["llama3-8b@4.0bpw"]).warnings)
+    assert any(advice in w.message for w in plan(what_if_facts(["4090"]), specs["llama3-8b@4.0bpw"]).warnings)
+    assert not any(
+        advice in w.message for w in plan(what_if_facts(["p40"]), specs["llama3-8b@4.0bpw"]).warnings
+    )
+    assert not any(
+        advice in w.message for w in plan(what_if_facts(["mi300x"]), specs["llama3-8b@4.0bpw"]).warnings
+    )
 
 
 def test_budget_free_uses_detected_free_memory(specs):
@@ -178,8 +195,9 @@ def test_budget_free_uses_detected_free_memory(specs):
     total = plan(facts, specs["llama3-8b@4.0bpw"], context=65536, cache="FP16")
     free = plan(facts, specs["llama3-8b@4.0bpw"], context=65536, cache="FP16", budget="free")
     assert free.memory[0].budget_bytes == 12 * 1024 * MIB - 256 * MIB
-    assert free.max_seq_len < total.max_seq_len
-    assert any("--budget free" in w for w in total.warnings)
+    assert free.settings.max_seq_len < total.settings.max_seq_len
+    assert any("--budget free" in w.message for w in total.warnings)
+    assert "gpu.busy" in {w.code for w in total.warnings}
 
 
 def test_no_gpu_is_a_clear_error(specs):
@@ -198,11 +216,7 @@ def test_plan_json_shape(specs):
         "schema",
         "model",
         "gpus",
-        "backend",
-        "cache_mode",
-        "max_seq_len",
-        "chunk_size",
-        "gpu_split",
+        "settings",
         "kv_cache_bytes_per_token",
         "max_seq_len_by_cache_mode",
         "memory",
@@ -211,6 +225,18 @@ def test_plan_json_shape(specs):
     ):
         assert key in d
     assert set(d["model"]) >= {"architecture", "layers", "kv_heads", "head_dim", "max_position_embeddings"}
+    assert set(d["settings"]) >= {
+        "backend",
+        "cache_mode",
+        "max_seq_len",
+        "max_input_len",
+        "gpu_split",
+        "no_flash_attn",
+        "no_xformers",
+        "no_sdpa",
+        "paged",
+    }
+    assert all(r["code"] in CODES for r in d["reasons"]) and all(w["code"] in CODES for w in d["warnings"])
     assert set(d["memory"][0]) >= {
         "weights_bytes",
         "cache_bytes",
@@ -227,8 +253,9 @@ def test_plan_json_shape(specs):
 def test_forced_backend_drops_trailing_gpus_it_cannot_run_on(specs):
     facts = what_if_facts(["3090", "p40"], ["flash-attn==2.7.4"])
     p = plan(facts, specs["llama3-8b@4.0bpw"], backend="flash_attn", context=8192)
-    assert p.backend == "flash_attn" and [g.name for g in p.gpus] == ["NVIDIA GeForce RTX 3090"]
-    assert any("not valid on #1 Tesla P40" in w for w in p.warnings)
+    assert p.settings.backend == "flash_attn" and [g.name for g in p.gpus] == ["NVIDIA GeForce RTX 3090"]
+    assert any("not valid on #1 Tesla P40" in w.message for w in p.warnings)
+    assert "backend.forced.gpus_dropped" in {w.code for w in p.warnings}
     with pytest.raises(BackendRefusedError, match="Tesla P40"):
         plan(
             what_if_facts(["p40", "3090"], ["flash-attn==2.7.4"]),

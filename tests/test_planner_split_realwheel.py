@@ -19,16 +19,16 @@ from tests.support.standin import import_exllamav2
 
 def _placement_by_exllamav2(exl2, model_dir, p) -> list[set]:
     config = exl2.ExLlamaV2Config(str(model_dir))
-    config.max_seq_len = p.max_seq_len
-    config.max_input_len = p.chunk_size
-    config.max_attention_size = p.max_attention_size
-    config.max_batch_size = p.max_batch_size
+    config.max_seq_len = p.settings.max_seq_len
+    config.max_input_len = p.settings.max_input_len
+    config.max_attention_size = p.settings.max_attention_size
+    config.max_batch_size = p.settings.max_batch_size
     model = exl2.ExLlamaV2(config)
     try:
-        model.set_device_map(p.gpu_split)
+        model.set_device_map(p.settings.gpu_split)
     except (RuntimeError, AssertionError) as exc:  # CUDA streams: no accelerator on this machine
         assert "accelerator" in str(exc) or "CUDA" in str(exc) or "cuda" in str(exc), exc
-    devices: list[set] = [set() for _ in p.gpu_split]
+    devices: list[set] = [set() for _ in p.settings.gpu_split]
     for module in model.modules:
         if module.device_idx < 0:
             assert module.key == "model.embed_tokens"  # the embedding stays on the CPU
@@ -51,9 +51,9 @@ def test_gpu_split_reproduces_the_planned_placement(tmp_path, arch, bpw, gpus, c
     model_dir = make_model_dir(tmp_path, arch, bpw=bpw)
     p = plan(what_if_facts(gpus), load_model_spec(str(model_dir)), context=context)
     assert (
-        p.backend == "matmul"
+        p.settings.backend == "matmul"
     )  # like this machine's exllamav2 (no flash-attn/xformers): same temp_attn_size
-    assert p.gpu_split and len(p.gpu_split) >= 2
+    assert p.settings.gpu_split and len(p.settings.gpu_split) >= 2
     planned = [set(row.layers) for row in p.memory]
     planned[-1].add("lm_head")
     planned[-1].add("model.norm")

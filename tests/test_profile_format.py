@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exlx_autocfg.errors import ProfileError
-from exlx_autocfg.planner.types import BACKENDS, CACHE_MODES
+from exlx_autocfg.exl2 import BACKENDS, CACHE_MODES
 from exlx_autocfg.profile.format import (
     PROFILE_SCHEMA,
     default_profile_path,
@@ -35,7 +35,7 @@ def sample_profile(**plan_kw):
 
 
 def test_round_trip_keeps_every_field():
-    profile = sample_profile(gpu_split=None, autosplit=True, autosplit_reserve_bytes=[256 * 1024**2])
+    profile = sample_profile(gpu_split=None, autosplit=True, reserve_bytes=[256 * 1024**2])
     text = render_profile(profile)
     assert parse_profile(text) == profile
     assert text.startswith("# exlx-autocfg profile: ExLlamaV2 settings for Llama-3.1-8B-exl2 on NVIDIA")
@@ -48,7 +48,11 @@ def test_round_trip_keeps_every_field():
     assert cf.libraries["xformers"].import_paths["xformers.ops.fmha.LowerTriangularFromBottomRightMask"]
     assert cf.model.fingerprint == "ab" * 32
     assert cf.python == "/opt/tabby/venv/bin/python"
-    assert parse_profile(text).reasons[0].rejected == {"flash_attn": "compute capability 7.5 < 8.0"}
+    reason = parse_profile(text).reasons[0]
+    assert reason.code == "backend.highest_valid"
+    assert [(f.code, f.message) for f in reason.rejected["flash_attn"]] == [
+        ("backend.flash_attn.compute_capability", "compute capability 7.5 < 8.0")
+    ]
 
 
 @settings(max_examples=60, deadline=None)
@@ -63,9 +67,9 @@ def test_round_trip_keeps_every_field():
 )
 def test_any_valid_plan_round_trips(backend, cache_mode, pages, chunk, batch, split, reserve):
     profile = sample_profile(backend=backend, cache_mode=cache_mode, max_seq_len=pages * 256,
-                             chunk_size=chunk, max_batch_size=batch, paged=backend == "flash_attn",
+                             max_input_len=chunk, max_batch_size=batch, paged=backend == "flash_attn",
                              gpu_split=split,
-                             autosplit=split is None, autosplit_reserve_bytes=reserve)
+                             autosplit=split is None, reserve_bytes=reserve)
     assert parse_profile(render_profile(profile)) == profile
 
 
@@ -93,7 +97,7 @@ BAD_EDITS = [
     ("\n[settings]\n", "\n[setting]\n", "setting", "did you mean settings"),
     ("memory_total = 23622320128", "memory_total = -1", "computed_for.gpus[0].memory_total", "negative"),
     ('name = "NVIDIA GeForce RTX 2080 Ti"\n', "", "computed_for.gpus[0].name", "missing"),
-    ("schema = 1", "schema = 9", "schema", "not supported"),
+    ("schema = 2", "schema = 9", "schema", "not supported"),
     ("max_seq_len = 16384", "max_seq_len = ", "", "not valid TOML"),
 ]
 
@@ -202,11 +206,13 @@ def test_interrupted_write_keeps_old_file(tmp_path, monkeypatch):
 WRITER = textwrap.dedent("""
     import sys
     sys.path.insert(0, {root!r})
+    from exlx_autocfg.findings import Finding
     from exlx_autocfg.profile.format import profile_from_plan, write_profile
     from tests.support import profile_samples as s
     n = int(sys.argv[1])
     # Each writer's profiles differ in size as well as content, so a torn write could not pass for whole.
-    profile = profile_from_plan(s.plan(max_seq_len=256 * (n + 1), warnings=["w" * 50] * n), s.facts())
+    warnings = [Finding("plan.what_if", "w" * 50)] * n
+    profile = profile_from_plan(s.plan(max_seq_len=256 * (n + 1), warnings=warnings), s.facts())
     for i in range(100):
         profile.request = {{"round": i, "writer": n}}
         write_profile(profile, sys.argv[2])

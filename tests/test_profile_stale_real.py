@@ -11,13 +11,14 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from exlx_autocfg.cli import run
+from exlx_autocfg.exl2 import CACHE_CLASS, ENV
 from exlx_autocfg.facts.detect import facts_from_probe
 from exlx_autocfg.facts.gpuinfo import read_gpu_report
 from exlx_autocfg.facts.probe_runner import run_probe
 from exlx_autocfg.model.load import load_model_spec
 from exlx_autocfg.planner.core import plan
 from exlx_autocfg.profile.format import profile_from_plan, read_profile, write_profile
-from exlx_autocfg.profile.loader import CACHE_CLASSES, ENV_SWITCHES, StaleProfileWarning, prepare
+from exlx_autocfg.profile.loader import StaleProfileWarning, prepare
 from exlx_autocfg.profile.staleness import find_changes
 from tests.support import profile_samples as samples
 from tests.support.envs import child_env, xformers_site
@@ -88,7 +89,7 @@ def test_less_vram_from_the_fake_nvml(probe_docs, monkeypatch):
 def test_prepare_replans_a_stale_profile_with_the_real_planner(monkeypatch, tmp_path):
     """on_stale='replan' (the default): plan again with the profile's request, rewrite it, say why."""
     exl2 = import_exllamav2()
-    for var in ENV_SWITCHES.values():
+    for var in ENV.values():
         monkeypatch.delenv(var, raising=False)
     model = make_model_dir(tmp_path, "llama3-8b", quant="exl2", bpw=4.0)
     spec = load_model_spec(model)
@@ -106,7 +107,7 @@ def test_prepare_replans_a_stale_profile_with_the_real_planner(monkeypatch, tmp_
     assert rewritten.computed_for.gpus[0].memory_total == 6144 * 1024**2
     assert rewritten.request == first.request
     assert prepared.config.max_seq_len == rewritten.settings.max_seq_len
-    assert prepared.cache_class is getattr(exl2, CACHE_CLASSES[rewritten.settings.cache_mode])
+    assert prepared.cache_class is getattr(exl2, CACHE_CLASS[rewritten.settings.cache_mode])
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # now current: no warning, nothing re-planned
         again = prepare(model, path, facts=small)

@@ -15,7 +15,7 @@ from pathlib import Path
 from exlx_autocfg.data import load_data
 from exlx_autocfg.facts.what_if import gpu_table, what_if_facts
 from exlx_autocfg.planner.backends import BackendQuery, rules, select
-from exlx_autocfg.planner.xformers_releases import xformers_releases
+from exlx_autocfg.xformers_releases import xformers_releases
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "compat-matrix.md"
 

@@ -76,13 +76,20 @@ def _required_verdicts(m: Machine, requirements: list[Requirement]) -> list[Verd
         vid = f"require:{req.name}"
         title = f"--require {req}"
         if not lib.installed:
-            v = make(vid, "fail", f"{req.name} is required but not installed.", _install_fix(m, req))
+            v = make(
+                vid,
+                "fail",
+                f"{req.name} is required but not installed.",
+                _install_fix(m, req),
+                code="check.required.missing",
+            )
         elif req.specifier and not req.specifier.contains(lib.version or "", prereleases=True):
             v = make(
                 vid,
                 "fail",
                 f"{req.name} {lib.version} is installed but {req} is required.",
                 _install_fix(m, req),
+                code="check.required.version",
             )
         elif lib.import_status in ("error", "crashed", "timeout"):
             v = make(
@@ -92,9 +99,12 @@ def _required_verdicts(m: Machine, requirements: list[Requirement]) -> list[Verd
                 f"see the {req.name} check"
                 if req.name in CHECKS
                 else f'pip install --force-reinstall "{req}"',
+                code="check.required.import_fails",
             )
         else:
-            v = make(vid, "pass", f"{req.name} {lib.version} is installed as required.")
+            v = make(
+                vid, "pass", f"{req.name} {lib.version} is installed as required.", code="check.required.ok"
+            )
         v.title = title
         out.append(v)
     return out
@@ -155,9 +165,13 @@ def _import_check(m: Machine, result: ImportResult | None) -> Verdict:
     if result is None:
         if m.facts.what_if:
             return skipped(
-                "exllamav2-import", "what-if facts: the assumed libraries cannot be imported here."
+                "exllamav2-import",
+                "what-if facts: the assumed libraries cannot be imported here.",
+                code="check.import.not_run",
             )
-        return skipped("exllamav2-import", "not run (no child import was requested).")
+        return skipped(
+            "exllamav2-import", "not run (no child import was requested).", code="check.import.not_run"
+        )
     return import_verdict(m, result)
 
 

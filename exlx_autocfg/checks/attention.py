@@ -7,17 +7,19 @@ What makes a library unusable is decided by the backend rules (`exlx_autocfg.pla
 
 from __future__ import annotations
 
+from exlx_autocfg import exl2
 from exlx_autocfg.checks import fixes
 from exlx_autocfg.checks import rules as R
 from exlx_autocfg.checks.machine import Machine
-from exlx_autocfg.checks.verdict import Verdict, make, sentence, short, skipped
+from exlx_autocfg.checks.verdict import Verdict, from_findings, make, short, skipped
+from exlx_autocfg.findings import Finding, finding, has_code
 from exlx_autocfg.planner import backends
-from exlx_autocfg.planner.xformers_releases import xformers_release
+from exlx_autocfg.xformers_releases import xformers_release
 
 
 def backend_query(m: Machine) -> backends.BackendQuery:
     """The query the planner would judge backends with, for no particular model."""
-    version = m.lib("exllamav2").version or backends.LATEST_EXLLAMAV2
+    version = m.lib("exllamav2").version or exl2.LATEST
     return backends.BackendQuery(facts=m.facts, gpus=tuple(m.facts.gpu.gpus), exllamav2=version)
 
 
@@ -29,13 +31,19 @@ def check_xformers(m: Machine, required: bool = False) -> Verdict:
     if not x.installed:
         if required:
             return make(
-                "xformers", "fail", "xformers is required (--require) but not installed.", _xformers_fix(m)
+                "xformers",
+                "fail",
+                "xformers is required (--require) but not installed.",
+                _xformers_fix(m),
+                code="check.required.missing",
             )
         return skipped(
-            "xformers", "xformers is not installed (exllamav2 then uses flash-attn, SDPA or matmul)."
+            "xformers",
+            "xformers is not installed (exllamav2 then uses flash-attn, SDPA or matmul).",
+            code="check.not_installed",
         )
     q = backend_query(m)
-    reasons = [r for r in backends.Xformers.validate(q) if not r.endswith("is not installed")]
+    findings = [f for f in backends.Xformers.validate(q) if f.code not in backends.NOT_INSTALLED]
     details = {
         "version": x.version,
         "built_for": x.details.get("built_for"),
@@ -43,29 +51,22 @@ def check_xformers(m: Machine, required: bool = False) -> Verdict:
         "torch": m.torch_version,
     }
     python_note = _python_mismatch(m, x.details.get("built_for") or {})
-    torch_explains = any("built for torch" in r for r in reasons)  # then the Python build does not matter
+    # A torch mismatch already explains unloadable ops; otherwise a Python mismatch may.
+    torch_explains = has_code(findings, "backend.xformers.cpp_ops_mismatch")
     if python_note and x.details.get("has_cpp_library") is False and not torch_explains:
-        reasons.append(python_note)
-    if reasons:
-        return make(
+        findings.append(python_note)
+    if findings:
+        return from_findings(
             "xformers",
             "fail",
-            sentence(reasons[0]),
+            findings,
             _xformers_fix(m),
-            also=[sentence(r) for r in reasons[1:]],
-            switches={"EXLLAMA_NO_XFORMERS": "1"},
+            switches={exl2.ENV[exl2.SWITCH["xformers"]]: "1"},
             details=details,
         )
     warnings = backends.Xformers.warnings(q)
     if warnings:
-        return make(
-            "xformers",
-            "warn",
-            sentence(warnings[0]),
-            None,
-            also=[sentence(w) for w in warnings[1:]],
-            details=details,
-        )
+        return from_findings("xformers", "warn", warnings, None, details=details)
     built = (x.details.get("built_for") or {}).get("torch")
     built_text = f" (built for torch {built})" if built else ""
     return make(
@@ -73,14 +74,20 @@ def check_xformers(m: Machine, required: bool = False) -> Verdict:
         "pass",
         f"xformers {x.version}{built_text} loads its ops on torch {m.torch_version} "
         f"and supports {m.gpu_names}.",
+        code="check.xformers.ok",
         details=details,
     )
 
 
-def _python_mismatch(m: Machine, built_for: dict) -> str | None:
+def _python_mismatch(m: Machine, built_for: dict) -> Finding | None:
     built_py = R.minor_of(built_for.get("python"))
     if built_py and built_py != R.minor_of(m.python):
-        return f"xformers was built for Python {built_py}, this is Python {m.python}"
+        return finding(
+            "check.xformers.python_mismatch",
+            f"xformers was built for Python {built_py}, this is Python {m.python}",
+            built_for=built_py,
+            python=m.python,
+        )
     return None
 
 
@@ -88,6 +95,7 @@ def _xformers_fix(m: Machine) -> str:
     """The release to pin (loads on this torch, supports these GPUs, accepts this flash-attn), else the
     flash-attn to install, else the switch."""
     x = m.lib("xformers")
+    off = exl2.ENV[exl2.SWITCH["xformers"]]
     release = xformers_release(x.version or "")
     flash = m.lib("flash-attn")
     flash_problem = bool(x.details.get("flash_version_error")) or bool(
@@ -104,7 +112,7 @@ def _xformers_fix(m: Machine) -> str:
     ):
         return (
             "xformers fails while importing the broken flash-attn: fix flash-attn first (see the flash-attn "
-            "check), or set EXLLAMA_NO_XFORMERS=1"
+            f"check), or set {off}=1"
         )
     candidates = fixes.xformers_candidates(m)  # they all accept the installed flash-attn
     if flash_problem and release and release.flash_window and not candidates:
@@ -113,7 +121,7 @@ def _xformers_fix(m: Machine) -> str:
         pin = flash_line or f"pip install --no-deps flash-attn with a version in {lo}..{hi}"
         return (
             f"install a flash-attn that xformers {x.version} accepts ({lo}..{hi}): {pin}; or set "
-            "XFORMERS_IGNORE_FLASH_VERSION_CHECK=1; or set EXLLAMA_NO_XFORMERS=1"
+            f"XFORMERS_IGNORE_FLASH_VERSION_CHECK=1; or set {off}=1"
         )
     first = "install a CUDA build of torch first (see the torch check), then " if m.torch_is_cpu else ""
     if candidates:
@@ -130,7 +138,7 @@ def _xformers_fix(m: Machine) -> str:
         else ""
     )
     return (
-        f"no xformers release works with torch {m.torch_version} on {m.gpu_names}: set EXLLAMA_NO_XFORMERS=1 "
+        f"no xformers release works with torch {m.torch_version} on {m.gpu_names}: set {off}=1 "
         f"or `pip uninstall -y xformers`{hint}"
     )
 
@@ -140,6 +148,7 @@ def _xformers_fix(m: Machine) -> str:
 
 def check_flash_attn(m: Machine, required: bool = False) -> Verdict:
     fa = m.lib("flash-attn")
+    var = exl2.ENV[exl2.SWITCH["flash_attn"]]
     if not fa.installed:
         if required:
             return make(
@@ -149,14 +158,19 @@ def check_flash_attn(m: Machine, required: bool = False) -> Verdict:
                 fixes.flash_attn_install(m)
                 or "pip install --no-build-isolation flash-attn (no official wheel for this torch: it "
                 "compiles against it; ROCm builds: see the flash-attention README)",
+                code="check.required.missing",
             )
-        return skipped("flash-attn", "flash-attn is not installed (exllamav2 runs without it, unpaged).")
+        return skipped(
+            "flash-attn",
+            "flash-attn is not installed (exllamav2 runs without it, unpaged).",
+            code="check.not_installed",
+        )
     rules = backends.rules()["flash_attn"]
-    disabled = m.env_set("EXLLAMA_NO_FLASH_ATTN")
-    off = {"EXLLAMA_NO_FLASH_ATTN": "1"}
+    disabled = m.env_set(var)
+    off = {var: "1"}
     details = {"version": fa.version, "torch": m.torch_version, "disabled_by_env": disabled}
     torch = m.torch_version
-    problems: list[tuple[str, str, str | None]] = []  # (status, sentence, fix)
+    problems: list[tuple[str, Finding, str | None]] = []  # (status, finding, fix)
 
     error = fa.import_error or fa.details.get("cuda_module_error")
     import_failed = fa.import_status in ("error", "crashed", "timeout")
@@ -166,9 +180,13 @@ def check_flash_attn(m: Machine, required: bool = False) -> Verdict:
         problems.append(
             (
                 "warn",
-                f"flash-attn {fa.version} has no flash_attn_2_cuda module ({short(error)}), so "
-                "exllamav2 silently runs without it",
-                fixes.flash_attn_install(m) or "set EXLLAMA_NO_FLASH_ATTN=1 to make that explicit",
+                finding(
+                    "check.flash_attn.no_cuda_module",
+                    f"flash-attn {fa.version} has no flash_attn_2_cuda module ({short(error)}), so "
+                    "exllamav2 silently runs without it",
+                    error=short(error),
+                ),
+                fixes.flash_attn_install(m) or f"set {var}=1 to make that explicit",
             )
         )
     elif import_failed or error:
@@ -181,10 +199,10 @@ def check_flash_attn(m: Machine, required: bool = False) -> Verdict:
             "crashes on it because exllamav2 only tolerates a missing flash-attn"
         )
         build = fixes.flash_attn_install(m)
-        fix = "set EXLLAMA_NO_FLASH_ATTN=1 before importing exllamav2, or `pip uninstall -y flash-attn`"
+        fix = f"set {var}=1 before importing exllamav2, or `pip uninstall -y flash-attn`"
         if build:
             fix += f", or install the build for torch {R.minor_of(torch)}: {build}"
-        problems.append(("fail", text, fix))
+        problems.append(("fail", finding("check.flash_attn.load_fails", text, abi_mismatch=abi), fix))
 
     min_cc = R.flash_attn_min_cc()
     old = m.below(min_cc)
@@ -193,19 +211,27 @@ def check_flash_attn(m: Machine, required: bool = False) -> Verdict:
         problems.append(
             (
                 "fail",
-                f"flash-attn 2.x needs compute capability >= {rules['min_cc']} but {labels} "
-                f"{'is' if len(old) == 1 else 'are'} older; exllamav2 still enables it and every forward "
-                'pass raises "FlashAttention only supports Ampere GPUs or newer."',
-                "set EXLLAMA_NO_FLASH_ATTN=1 (or `pip uninstall -y flash-attn`)",
+                finding(
+                    "check.flash_attn.compute_capability",
+                    f"flash-attn 2.x needs compute capability >= {rules['min_cc']} but {labels} "
+                    f"{'is' if len(old) == 1 else 'are'} older; exllamav2 still enables it and every forward "
+                    'pass raises "FlashAttention only supports Ampere GPUs or newer."',
+                    gpus=[g.label for g in old],
+                    min_cc=rules["min_cc"],
+                ),
+                f"set {var}=1 (or `pip uninstall -y flash-attn`)",
             )
         )
     if m.hip:
         problems.append(
             (
                 "warn",
-                "flash-attn on ROCm is not used by the planner (TabbyAPI runs HIP in compatibility "
-                "mode without it)",
-                "set EXLLAMA_NO_FLASH_ATTN=1",
+                finding(
+                    "check.flash_attn.rocm",
+                    "flash-attn on ROCm is not used by the planner (TabbyAPI runs "
+                    "HIP in compatibility mode without it)",
+                ),
+                f"set {var}=1",
             )
         )
 
@@ -214,16 +240,24 @@ def check_flash_attn(m: Machine, required: bool = False) -> Verdict:
         problems.append(
             (
                 "fail",
-                "flash_attn has no version (an FA4-only namespace install?) and exllamav2 reads "
-                "flash_attn.__version__ at import",
-                "set EXLLAMA_NO_FLASH_ATTN=1",
+                finding(
+                    "check.flash_attn.no_version",
+                    "flash_attn has no version (an FA4-only namespace "
+                    "install?) and exllamav2 reads flash_attn.__version__ at import",
+                ),
+                f"set {var}=1",
             )
         )
     elif version < R.parse_version(rules["min_version"]):
         problems.append(
             (
                 "warn",
-                f"exllamav2 ignores flash-attn {fa.version} (it needs >= {rules['min_version']})",
+                finding(
+                    "check.flash_attn.too_old",
+                    f"exllamav2 ignores flash-attn {fa.version} (it needs >= {rules['min_version']})",
+                    version=fa.version,
+                    min_version=rules["min_version"],
+                ),
                 fixes.flash_attn_install(m),
             )
         )
@@ -231,19 +265,25 @@ def check_flash_attn(m: Machine, required: bool = False) -> Verdict:
         problems.append(
             (
                 "warn",
-                f"flash-attn {fa.version} has no paged attention (>= {rules['paged_min_version']}), "
-                "so the dynamic generator runs unpaged with batch size 1",
+                finding(
+                    "check.flash_attn.no_paged",
+                    f"flash-attn {fa.version} has no paged attention (>= {rules['paged_min_version']}), "
+                    "so the dynamic generator runs unpaged with batch size 1",
+                    version=fa.version,
+                    paged_min_version=rules["paged_min_version"],
+                ),
                 fixes.flash_attn_install(m),
             )
         )
 
     if not problems:
-        features = fa.details.get("features") or backends.flash_features(fa.version)
+        features = fa.details.get("features") or exl2.flash_features(fa.version)
         on = ", ".join(k for k, v in features.items() if v) or "none"
         return make(
             "flash-attn",
             "pass",
             f"flash-attn {fa.version} imports with torch {torch} and suits {m.gpu_names} (features: {on}).",
+            code="check.flash_attn.ok",
             details=details,
         )
     fails = [p for p in problems if p[0] == "fail"]
@@ -251,15 +291,16 @@ def check_flash_attn(m: Machine, required: bool = False) -> Verdict:
     if disabled and fails:
         status = "warn"  # exllamav2 will not import it: not a crash, but the package is still broken
     first = (fails or problems)[0]
-    reason = sentence(first[1])
+    reason = first[1].message
     if disabled and fails:
-        reason = sentence(first[1] + " (EXLLAMA_NO_FLASH_ATTN is set, so exllamav2 skips it)")
+        reason += f" ({var} is set, so exllamav2 skips it)"
     return make(
         "flash-attn",
         status,
         reason,
         first[2],
-        also=[sentence(p[1]) for p in problems if p is not first],
+        code=first[1].code,
+        also=[p[1] for p in problems if p is not first],
         switches=off if fails else {},
         details=details,
     )

@@ -8,19 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from exlx_autocfg import exl2
 from exlx_autocfg.checks import fixes
 from exlx_autocfg.checks import rules as R
 from exlx_autocfg.checks.attention import backend_query
 from exlx_autocfg.checks.machine import Machine
 from exlx_autocfg.checks.verdict import Verdict, join_and, make, short, skipped
+from exlx_autocfg.findings import Finding
 from exlx_autocfg.planner import backends
-
-SWITCH_ENV = {
-    "no_flash_attn": "EXLLAMA_NO_FLASH_ATTN",
-    "no_xformers": "EXLLAMA_NO_XFORMERS",
-    "no_sdpa": "EXLLAMA_NO_SDPA",
-}
-
 
 # ------------------------------------------------------------------------------------------ the extension
 
@@ -75,7 +70,8 @@ def check_exllamav2_ext(m: Machine) -> Verdict:
             "exllamav2-ext",
             "fail",
             "exllamav2 is not installed.",
-            wheel or f"pip install exllamav2=={backends.LATEST_EXLLAMAV2}",
+            wheel or f"pip install exllamav2=={exl2.LATEST}",
+            code="check.exllamav2.not_installed",
         )
     ext = e.details.get("ext")
     jit = e.details.get("jit") or {}
@@ -98,6 +94,7 @@ def check_exllamav2_ext(m: Machine) -> Verdict:
                 f"the prebuilt exllamav2_ext loads, but it was built for torch {built} and this is torch "
                 f"{m.torch_version}; a torch ABI change can break it at the first kernel call.",
                 wheel_line,
+                code="check.exllamav2_ext.prebuilt_other_torch",
                 details=details,
             )
         tag = f" ({e.local_tag})" if e.local_tag else ""
@@ -105,6 +102,7 @@ def check_exllamav2_ext(m: Machine) -> Verdict:
             "exllamav2-ext",
             "pass",
             f"the prebuilt exllamav2_ext of exllamav2 {e.version}{tag} loads with torch {m.torch_version}.",
+            code="check.exllamav2_ext.prebuilt_ok",
             details=details,
         )
     if ext == "prebuilt-broken":
@@ -121,7 +119,9 @@ def check_exllamav2_ext(m: Machine) -> Verdict:
                 f"no prebuilt exllamav2 wheel matches torch {m.torch_version}: reinstall the JIT wheel with "
                 f"`pip install --force-reinstall --no-deps exllamav2=={e.version}` (compiles on first import)"
             )
-        return make("exllamav2-ext", "fail", reason, fix, details=details)
+        return make(
+            "exllamav2-ext", "fail", reason, fix, code="check.exllamav2_ext.prebuilt_broken", details=details
+        )
     if ext == "jit-cached":
         cache = jit.get("cache_dir") or "the torch extensions cache"
         if error:
@@ -131,10 +131,15 @@ def check_exllamav2_ext(m: Machine) -> Verdict:
                 f"the JIT-built exllamav2_ext cached at {cache} does not load with torch {m.torch_version} "
                 f"({short(error)}).",
                 f"delete the stale JIT cache at {cache} (it is rebuilt on the next `import exllamav2`)",
+                code="check.exllamav2_ext.jit_cache_broken",
                 details=details,
             )
         return make(
-            "exllamav2-ext", "pass", f"exllamav2_ext is JIT-built and cached at {cache}.", details=details
+            "exllamav2-ext",
+            "pass",
+            f"exllamav2_ext is JIT-built and cached at {cache}.",
+            code="check.exllamav2_ext.jit_cached",
+            details=details,
         )
     if ext == "jit-needed":
         gaps = jit_gaps(m)
@@ -149,6 +154,7 @@ def check_exllamav2_ext(m: Machine) -> Verdict:
                 "JIT-compile "
                 f"exllamav2_ext, which needs {join_and(missing)}.",
                 fix,
+                code="check.exllamav2_ext.jit_missing",
                 details=details,
             )
         nvcc = f"nvcc {jit.get('nvcc_version') or '?'}"
@@ -158,12 +164,14 @@ def check_exllamav2_ext(m: Machine) -> Verdict:
             f"exllamav2 {e.version} has no prebuilt extension; the first `import exllamav2` compiles it "
             f"({R.rules()['jit']['sources_count']} sources, minutes) with {nvcc}, ninja and "
             f"{jit.get('compiler') or 'the compiler'} found.",
+            code="check.exllamav2_ext.jit_ready",
             details=details,
         )
     return make(
         "exllamav2-ext",
         "warn",
         f"the probe did not determine how exllamav2 {e.version} gets its extension (no import was tried).",
+        code="check.exllamav2_ext.unknown",
         details=details,
     )
 
@@ -180,10 +188,10 @@ def _as_env(m: Machine, selection: backends.Selection) -> dict[str, str]:
     """The selection's switches as env vars, leaving out those for libraries that are not installed
     (exllamav2 cannot pick those up anyway, so the switch would only be noise)."""
     absent = {
-        "no_flash_attn": not m.lib("flash-attn").installed,
-        "no_xformers": not m.lib("xformers").installed,
+        exl2.SWITCH["flash_attn"]: not m.lib("flash-attn").installed,
+        exl2.SWITCH["xformers"]: not m.lib("xformers").installed,
     }
-    return {SWITCH_ENV[k]: "1" for k, on in selection.switches.items() if on and not absent.get(k, False)}
+    return {exl2.ENV[k]: "1" for k, on in selection.switches.items() if on and not absent.get(k, False)}
 
 
 def check_backend(m: Machine, prescribed: dict[str, str] | None = None) -> Verdict:
@@ -191,7 +199,9 @@ def check_backend(m: Machine, prescribed: dict[str, str] | None = None) -> Verdi
     falls through its precedence to the next backend once they are set, and that one must be correct too."""
     e = m.lib("exllamav2")
     if not e.installed:
-        return skipped("backend", "exllamav2 is not installed (see exllamav2-ext).")
+        return skipped(
+            "backend", "exllamav2 is not installed (see exllamav2-ext).", code="check.not_installed"
+        )
     selection = backends.select(backend_query(m))
     planned = selection.backend
     switches = _as_env(m, selection)
@@ -201,36 +211,39 @@ def check_backend(m: Machine, prescribed: dict[str, str] | None = None) -> Verdi
         "rejected": selection.rejected,
         "exllamav2": e.version,
     }
-    planned_bad = _wrong(selection, planned)
+    planned_bad = backends.gives_wrong_output(selection.rejected.get(planned, []))
     if planned_bad:  # the planner only picks valid backends; guards against a rules change breaking that
         return make(
             "backend",
             "fail",
-            f"the planned backend {planned} is known to give wrong output: {planned_bad}.",
+            f"the planned backend {planned} is known to give wrong output: {_defect(planned_bad)}.",
+            code=planned_bad.code,
             details=details,
         )
     default = exllamav2_default(m, prescribed or {})
     details["exllamav2_default"] = default
-    wrong = _wrong(selection, default)
+    wrong = backends.gives_wrong_output(selection.rejected.get(default, []))
     if default != planned and wrong:
         return make(
             "backend",
             "fail",
-            f"exllamav2 {e.version} on its own would use {default} here, where {wrong}; the planner "
+            f"exllamav2 {e.version} on its own would use {default} here, where {_defect(wrong)}; the planner "
             f"picks {planned}.",
             f"set {_env_line(switches)} before importing exllamav2 (an exlx-autocfg profile does this), "
             "or make a better backend usable (see the xformers and flash-attn checks)",
+            code=wrong.code,
             switches=switches,
             details=details,
         )
     if planned == "matmul" and m.gpus:
-        note = next((w for w in selection.warnings if w.startswith("matmul")), "")
+        note = next((w for w in selection.warnings if w.code == "backend.matmul.fp16_softmax"), None)
         return make(
             "backend",
             "warn",
             "matmul is the only backend that gives correct output here"
-            + (f" ({note.removeprefix('matmul attention: ')})." if note else "."),
+            + (f" ({backends.rules()['matmul']['fp16_note']})." if note else "."),
             "install xformers built for this torch (see the xformers check)",
+            code="check.backend.matmul_only",
             switches=switches,
             details=details,
         )
@@ -239,44 +252,23 @@ def check_backend(m: Machine, prescribed: dict[str, str] | None = None) -> Verdi
         "backend",
         "pass",
         f"the planner picks {planned}{switch_text}, which gives correct output with exllamav2 {e.version}.",
+        code="check.backend.ok",
         switches=switches,
         details=details,
     )
 
 
-def _wrong(selection: backends.Selection, backend: str) -> str | None:
-    """The 'wrong output' reason the backend rules give for `backend` with this exllamav2, if any."""
-    for reason in selection.rejected.get(backend, []):
-        if reason.startswith("WRONG"):
-            return reason.split(": ", 1)[-1]
-    return None
+def _defect(f: Finding) -> str:
+    """What a wrong-output finding says goes wrong (its rule's text, kept in the evidence)."""
+    return str(f.evidence.get("defect") or f.message)
 
 
 def exllamav2_default(m: Machine, prescribed: dict[str, str]) -> str:
     """The backend exllamav2 uses for a causal prompt without a profile: its own precedence over what it can
     import, minus what the environment (or the prescribed switches) turns off; correctness not considered."""
-    off = set(m.facts.env) | set(prescribed)
-    if "EXLLAMA_NO_FLASH_ATTN" not in off:
-        fa = m.lib("flash-attn")
-        v = R.parse_version(fa.version)
-        if (
-            fa.installed
-            and fa.import_status == "ok"
-            and v
-            and v >= R.parse_version(backends.rules()["flash_attn"]["min_version"])
-        ):
-            return "flash_attn"
-    if "EXLLAMA_NO_XFORMERS" not in off:
-        x = m.lib("xformers")
-        if x.installed and x.import_status == "ok":
-            return "xformers"
-    if "EXLLAMA_NO_SDPA" not in off:
-        has = m.torch.details.get("has_causal_lower_right")
-        if has is None:
-            has = backends.torch_has_causal_lower_right(m.torch_version)
-        if has:
-            return "sdpa"
-    return "matmul"
+    env = {**m.facts.env, **prescribed}
+    flags = exl2.import_flags(m.facts, m.lib("exllamav2").version, env=env)
+    return exl2.lands_on(exl2.switches_from_env(env), flags)
 
 
 def _env_line(switches: dict[str, str]) -> str:
@@ -305,7 +297,9 @@ class ImportResult:
 def import_verdict(m: Machine, result: ImportResult) -> Verdict:
     e = m.lib("exllamav2")
     if not e.installed:
-        return skipped("exllamav2-import", "exllamav2 is not installed (see exllamav2-ext).")
+        return skipped(
+            "exllamav2-import", "exllamav2 is not installed (see exllamav2-ext).", code="check.not_installed"
+        )
     env = _env_line(result.env)
     details = {"env": result.env, "seconds": result.seconds, "backends": result.backends}
     if not result.attempted:
@@ -315,6 +309,7 @@ def import_verdict(m: Machine, result: ImportResult) -> Verdict:
             f"`import exllamav2` was not tried: {result.not_tried}.",
             "run `python -c 'import exllamav2'` once in this environment (it builds the extension), "
             "then re-run the check",
+            code="check.import.not_tried",
             details=details,
         )
     if result.ok:
@@ -323,6 +318,7 @@ def import_verdict(m: Machine, result: ImportResult) -> Verdict:
             "exllamav2-import",
             "pass",
             f"`import exllamav2` {e.version} succeeds with {env}; it enabled: {on}.",
+            code="check.import.ok",
             details=details,
         )
     if result.timed_out:
@@ -331,20 +327,27 @@ def import_verdict(m: Machine, result: ImportResult) -> Verdict:
             "fail",
             f"`import exllamav2` with {env} did not finish within {result.seconds:.0f} s.",
             "run `python -c 'import exllamav2'` by hand to see where it hangs",
+            code="check.import.timeout",
             details=details,
         )
     error = short(result.error)
     fix = None
+    # The child's error text is a fact from outside (exllamav2's traceback), not one of our reasons.
     if "flash_attn" in (result.error or ""):
-        fix = "set EXLLAMA_NO_FLASH_ATTN=1 (see the flash-attn check)"
+        fix = f"set {exl2.ENV[exl2.SWITCH['flash_attn']]}=1 (see the flash-attn check)"
     elif "xformers" in (result.error or ""):
-        fix = "set EXLLAMA_NO_XFORMERS=1 (see the xformers check)"
+        fix = f"set {exl2.ENV[exl2.SWITCH['xformers']]}=1 (see the xformers check)"
     elif e.details.get("ext") == "jit-needed" and jit_missing(m):
         fix = "see the exllamav2-ext check: the JIT build lacks " + join_and(jit_missing(m))
     elif "exllamav2_ext" in (result.error or ""):
         fix = "see the exllamav2-ext check"
     return make(
-        "exllamav2-import", "fail", f"`import exllamav2` fails with {env}: {error}.", fix, details=details
+        "exllamav2-import",
+        "fail",
+        f"`import exllamav2` fails with {env}: {error}.",
+        fix,
+        code="check.import.fails",
+        details=details,
     )
 
 
@@ -355,9 +358,16 @@ def check_exl3(m: Machine) -> Verdict:
     min_cc = R.exl3_min_cc()
     floor = f"{min_cc[0]}.{min_cc[1]}"
     if not m.gpus:
-        return skipped("exl3", "no GPU is visible, so there is no format advice to give.")
+        return skipped(
+            "exl3", "no GPU is visible, so there is no format advice to give.", code="check.no_gpu"
+        )
     if m.amd:
-        return make("exl3", "pass", "EXL2 is the right format here: ExLlamaV3 (EXL3) does not support ROCm.")
+        return make(
+            "exl3",
+            "pass",
+            "EXL2 is the right format here: ExLlamaV3 (EXL3) does not support ROCm.",
+            code="check.exl3.rocm",
+        )
     old = m.below(min_cc)
     if old:
         labels = ", ".join(g.label for g in old)
@@ -366,6 +376,7 @@ def check_exl3(m: Machine) -> Verdict:
             "pass",
             f"EXL2 is the right format here: {labels} "
             f"{'is' if len(old) == 1 else 'are'} below ExLlamaV3's minimum compute capability {floor}.",
+            code="check.exl3.old_gpu",
         )
     return make(
         "exl3",
@@ -373,4 +384,5 @@ def check_exl3(m: Machine) -> Verdict:
         f"every GPU here has compute capability >= {floor}, so ExLlamaV3 (EXL3) is the maintained path; "
         "ExLlamaV2 is archived upstream and TabbyAPI and text-generation-webui moved to ExLlamaV3.",
         "consider EXL3 models with exllamav3 (`pip install exllamav3`); `--skip exl3` silences this advice",
+        code="plan.exl3_available",
     )

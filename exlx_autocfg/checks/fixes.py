@@ -9,7 +9,7 @@ from packaging.version import Version
 
 from exlx_autocfg.checks import rules as R
 from exlx_autocfg.checks.machine import Machine
-from exlx_autocfg.planner.xformers_releases import XformersRelease, xformers_releases
+from exlx_autocfg.xformers_releases import XformersRelease, xformers_releases
 
 NO_DEPS_WHY = (
     "--no-deps keeps torch {torch}: a plain `pip install xformers` pulls the newest release and "
@@ -24,7 +24,7 @@ def torch_reinstall(m: Machine) -> str:
     if m.amd and not m.nvidia:
         return (
             f"install the ROCm build of torch: pip install --force-reinstall {pin} --index-url "
-            + R.torch_index_url("rocm6.4")
+            + R.torch_index_url(R.rules()["torch"]["rocm_index_tag"])
             + " (pick the rocmX.Y index your ROCm runs)"
         )
     driver = m.facts.gpu.cuda_driver_version

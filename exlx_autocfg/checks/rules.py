@@ -8,51 +8,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import Version
 
 from exlx_autocfg.data import load_data
-from exlx_autocfg.planner.backends import version_of
+
+# One parser for versions and compute capabilities (exlx_autocfg.versions), under the names the checks use.
+from exlx_autocfg.versions import cc_of as cc_tuple
+from exlx_autocfg.versions import in_specifier, minor_of, release
+from exlx_autocfg.versions import version_of as parse_version
+
+__all__ = ["cc_tuple", "in_range", "minor_of", "parse_version", "release", "rules"]
 
 
 def rules() -> dict[str, Any]:
     return load_data("checks.toml")
 
 
-# A comparable version from '2.13.0+cpu', '12.8', '2.8.0.post2'; None when unparseable or missing.
-parse_version = version_of
-
-
-def release(text: str | None, parts: int = 3) -> tuple[int, ...] | None:
-    v = parse_version(text)
-    return v.release[:parts] if v else None
-
-
-def minor_of(text: str | None) -> str | None:
-    """'2.9.1+cu128' -> '2.9'."""
-    r = release(text, 2)
-    return ".".join(map(str, r)) if r else None
-
-
 def in_range(version: str | None, bounds: list[str]) -> bool:
     """Whether `version` satisfies every PEP 440 bound in `bounds` (e.g. [">=0.2.9", "<=0.3.2"])."""
-    v = parse_version(version)
-    if v is None:
-        return False
-    try:
-        return v in SpecifierSet(",".join(bounds))
-    except InvalidSpecifier:
-        return False
-
-
-def cc_tuple(cc: str | None) -> tuple[int, int] | None:
-    if not cc:
-        return None
-    major, _, minor = str(cc).partition(".")
-    try:
-        return int(major), int(minor or 0)
-    except ValueError:
-        return None
+    return in_specifier(version, ",".join(bounds))
 
 
 # --- exllamav2 wheels ----------------------------------------------------------------------------------

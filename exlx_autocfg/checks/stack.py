@@ -9,6 +9,7 @@ from exlx_autocfg.checks import fixes
 from exlx_autocfg.checks import rules as R
 from exlx_autocfg.checks.machine import GpuView, Machine
 from exlx_autocfg.checks.verdict import Verdict, make, skipped
+from exlx_autocfg.facts.arch_coverage import kernel_coverage
 
 NO_GPU = (
     "no GPU is visible, so {what} cannot be verified (inside `docker build`? name the target with --gpu NAME)"
@@ -23,6 +24,7 @@ def check_torch(m: Machine) -> Verdict:
             "fail",
             f"torch is not installed in {m.facts.python.executable}.",
             fixes.torch_reinstall(m).replace("--force-reinstall ", ""),
+            code="check.torch.not_installed",
         )
     if t.import_status in ("error", "crashed", "timeout"):
         return make(
@@ -30,6 +32,7 @@ def check_torch(m: Machine) -> Verdict:
             "fail",
             f"torch {t.version} is installed but `import torch` fails: {t.import_error}.",
             fixes.torch_reinstall(m),
+            code="check.torch.import_fails",
         )
     details = {
         "version": t.version,
@@ -45,6 +48,7 @@ def check_torch(m: Machine) -> Verdict:
             f"torch {t.version} is a CPU-only build, and exllamav2 needs a CUDA or ROCm build of torch.",
             fixes.torch_reinstall(m),
             details=details,
+            code="check.torch.cpu_build",
         )
     if m.hip:
         if m.nvidia and not m.amd:
@@ -54,6 +58,7 @@ def check_torch(m: Machine) -> Verdict:
                 f"torch {t.version} is a ROCm build but this machine has NVIDIA GPUs ({m.gpu_names}).",
                 fixes.torch_reinstall(m),
                 details=details,
+                code="check.torch.rocm_on_nvidia",
             )
         if not m.amd:
             return make(
@@ -61,9 +66,14 @@ def check_torch(m: Machine) -> Verdict:
                 "warn",
                 f"torch {t.version} is a ROCm {m.hip} build; " + NO_GPU.format(what="the GPUs") + ".",
                 details=details,
+                code="check.no_gpu",
             )
         return make(
-            "torch", "pass", f"torch {t.version} is a ROCm {m.hip} build for {m.gpu_names}.", details=details
+            "torch",
+            "pass",
+            f"torch {t.version} is a ROCm {m.hip} build for {m.gpu_names}.",
+            details=details,
+            code="check.torch.ok",
         )
     # A CUDA build from here on.
     if m.amd and not m.nvidia:
@@ -73,6 +83,7 @@ def check_torch(m: Machine) -> Verdict:
             f"torch {t.version} is a CUDA build but this machine has AMD GPUs ({m.gpu_names}).",
             fixes.torch_reinstall(m),
             details=details,
+            code="check.torch.cuda_on_amd",
         )
     if not m.nvidia:
         return make(
@@ -80,6 +91,7 @@ def check_torch(m: Machine) -> Verdict:
             "warn",
             f"torch {t.version} is a CUDA {m.cuda} build; " + NO_GPU.format(what="the driver and GPUs") + ".",
             details=details,
+            code="check.no_gpu",
         )
     driver = m.facts.gpu.cuda_driver_version
     need, have = R.release(m.cuda, 2), R.release(driver, 2)
@@ -100,6 +112,7 @@ def check_torch(m: Machine) -> Verdict:
                 f"CUDA {m.cuda} torch {t.version} was built with, so torch cannot use the GPUs.",
                 fix,
                 details=details,
+                code="check.torch.driver_too_old",
             )
         return make(
             "torch",
@@ -109,6 +122,7 @@ def check_torch(m: Machine) -> Verdict:
             f"CUDA {m.cuda}: it runs through CUDA minor-version compatibility, but PTX-JIT kernels fail.",
             fix,
             details=details,
+            code="check.torch.driver_minor_compat",
         )
     if t.details.get("cuda_available") is False and not m.facts.what_if:
         why = t.details.get("cuda_error") or "torch.cuda.is_available() is False"
@@ -119,6 +133,7 @@ def check_torch(m: Machine) -> Verdict:
             "check the driver with `nvidia-smi`, CUDA_VISIBLE_DEVICES, and container GPU access "
             "(docker run --gpus all)",
             details=details,
+            code="check.torch.cuda_unavailable",
         )
     driver_text = f" with driver {m.facts.gpu.driver_version} (CUDA {driver})" if driver else ""
     return make(
@@ -126,6 +141,7 @@ def check_torch(m: Machine) -> Verdict:
         "pass",
         f"torch {t.version} (CUDA {m.cuda}) runs on {m.gpu_names}{driver_text}.",
         details=details,
+        code="check.torch.ok",
     )
 
 
@@ -142,33 +158,23 @@ def _arch_entries(m: Machine) -> tuple[list[str], str]:
     return entries, "profiles/checks.toml torch.arch"
 
 
-def kernel_coverage(entries: list[str], cc: tuple[int, int]) -> str | None:
-    """'sass' when a cubin runs on `cc` (same major, minor <= cc; 'a' variants only on their exact CC),
-    'ptx' when only PTX can be JIT-compiled for it (compute_XY <= cc), else None."""
-    sass = ptx = False
-    for entry in entries:
-        kind, _, arch = entry.partition("_")
-        exact_only = arch.endswith(("a", "f"))
-        digits = arch.rstrip("af")
-        if not digits.isdigit() or len(digits) < 2:
-            continue
-        have = (int(digits[:-1]), int(digits[-1]))
-        if kind == "sm" and have[0] == cc[0] and (have == cc if exact_only else have[1] <= cc[1]):
-            sass = True
-        elif kind == "compute" and have <= cc and not exact_only:
-            ptx = True
-    return "sass" if sass else "ptx" if ptx else None
-
-
 def check_torch_arch(m: Machine) -> Verdict:
     if not m.torch.installed or m.torch_is_cpu:
-        return skipped("torch-arch", "no CUDA build of torch to inspect (see the torch check).")
+        return skipped(
+            "torch-arch",
+            "no CUDA build of torch to inspect (see the torch check).",
+            code="check.not_applicable",
+        )
     if m.hip:
         return skipped(
-            "torch-arch", f"torch {m.torch_version} is a ROCm build; its gfx targets are not listed by torch."
+            "torch-arch",
+            f"torch {m.torch_version} is a ROCm build; its gfx targets are not listed by torch.",
+            code="check.not_applicable",
         )
     if not m.nvidia:
-        return make("torch-arch", "warn", NO_GPU.format(what="torch's kernel coverage") + ".")
+        return make(
+            "torch-arch", "warn", NO_GPU.format(what="torch's kernel coverage") + ".", code="check.no_gpu"
+        )
     entries, source = _arch_entries(m)
     if not entries:
         return make(
@@ -176,6 +182,7 @@ def check_torch_arch(m: Machine) -> Verdict:
             "warn",
             f"torch {m.torch_version} did not report its architecture list, so its "
             "kernel coverage cannot be checked.",
+            code="check.torch_arch.unknown",
         )
     details = {"arch_list": entries, "source": source}
     missing: list[GpuView] = []
@@ -197,6 +204,7 @@ def check_torch_arch(m: Machine) -> Verdict:
             f"torch {m.torch_version} has no kernels for {labels}: its wheel carries only {listed}.",
             _arch_fix(m, missing),
             details=details,
+            code="check.torch_arch.missing",
         )
     if ptx_only:
         labels = ", ".join(g.label for g in ptx_only)
@@ -207,12 +215,14 @@ def check_torch_arch(m: Machine) -> Verdict:
             "JIT compilation, which is slow on first use and needs a driver at least as new as torch's CUDA.",
             _arch_fix(m, ptx_only),
             details=details,
+            code="check.torch_arch.ptx_only",
         )
     return make(
         "torch-arch",
         "pass",
         f"torch {m.torch_version} carries kernels for every GPU here ({listed}).",
         details=details,
+        code="check.torch_arch.ok",
     )
 
 

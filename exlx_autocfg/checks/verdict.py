@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from exlx_autocfg.errors import EXIT_NEGATIVE, EXIT_OK, EXIT_STRICT_WARNINGS
+from exlx_autocfg.findings import CODES, Finding
 from exlx_autocfg.serde import from_data, to_data
 
-CHECK_SCHEMA = 1
+CHECK_SCHEMA = 2
 
 Status = Literal["pass", "warn", "fail"]
 STATUSES: tuple[str, ...] = ("pass", "warn", "fail")
@@ -27,8 +28,9 @@ class Verdict:
     title: str  # what the check verifies, for people
     status: Status
     reason: str  # one sentence
+    code: str = ""  # what the verdict is about, stable (exlx_autocfg.findings.CODES; docs/codes.md)
     fix: str | None = None  # the exact remedy for this machine (a command, a switch), when one exists
-    also: list[str] = field(default_factory=list)  # further findings of the same check, one sentence each
+    also: list[Finding] = field(default_factory=list)  # further findings of the same check
     switches: dict[str, str] = field(default_factory=dict)  # EXLLAMA_NO_* etc. that work around the problem
     details: dict[str, Any] = field(default_factory=dict)  # the facts the verdict was drawn from
 
@@ -94,22 +96,43 @@ CHECKS: dict[str, str] = {
 }
 
 
-def make(check_id: str, status: Status, reason: str, fix: str | None = None, **extra: Any) -> Verdict:
+def make(
+    check_id: str,
+    status: Status,
+    reason: str,
+    fix: str | None = None,
+    *,
+    code: str,
+    also: list[Finding] | None = None,
+    **extra: Any,
+) -> Verdict:
     """A verdict for one of the registered checks (the title comes from CHECKS); the reason becomes one
-    sentence on one line."""
+    sentence on one line; `code` must be registered (exlx_autocfg.findings.CODES)."""
+    if code not in CODES:
+        raise ValueError(f"unregistered verdict code {code!r}")
     return Verdict(
         id=check_id,
         title=CHECKS.get(check_id, check_id),
         status=status,
         reason=sentence(reason),
+        code=code,
         fix=fix,
+        also=[Finding(f.code, sentence(f.message), f.evidence) for f in also or []],
         **extra,
     )
 
 
-def skipped(check_id: str, reason: str) -> Verdict:
+def skipped(check_id: str, reason: str, code: str) -> Verdict:
     """A check that does not apply here: it passes, and says why it had nothing to verify."""
-    return make(check_id, "pass", reason, details={"skipped": True})
+    return make(check_id, "pass", reason, code=code, details={"skipped": True})
+
+
+def from_findings(
+    check_id: str, status: Status, findings: list[Finding], fix: str | None = None, **extra: Any
+) -> Verdict:
+    """A verdict drawn from coded findings: the first one is the reason (and the code), the rest `also`."""
+    first, *rest = findings
+    return make(check_id, status, first.message, fix, code=first.code, also=rest, **extra)
 
 
 # --- text helpers shared by the checks ---------------------------------------------------------------------

@@ -35,7 +35,6 @@ from exlx_autocfg.cli.planopts import (
     PythonOpt,
 )
 from exlx_autocfg.errors import UsageError
-from exlx_autocfg.planner.types import Plan
 
 if TYPE_CHECKING:
     from exlx_autocfg.emitters import Emitted
@@ -125,17 +124,21 @@ def emit(
         if given:
             raise UsageError(f"{source} is a profile: {', '.join(given)} apply only to a MODEL "
                              "(re-create the profile to change them)")
-        plan, machine_gpus = _from_profile(source)
+        from exlx_autocfg.profile.format import read_profile
+
+        emit_source: object = read_profile(source)
+        machine_gpus = None
     else:
         from exlx_autocfg.cli.planopts import facts_from_options, plan_from_options
 
         facts = facts_from_options(gpu=gpu, assume=assume, python=python)
-        plan = plan_from_options(source, facts=facts, context=context, cache=cache, backend=backend,
-                                 min_cache_precision=min_cache_precision, budget=budget,
-                                 margin_mib=margin_mib, batch_size=batch_size, chunk_size=chunk_size, bpw=bpw)
+        emit_source = plan_from_options(source, facts=facts, context=context, cache=cache, backend=backend,
+                                        min_cache_precision=min_cache_precision, budget=budget,
+                                        margin_mib=margin_mib, batch_size=batch_size, chunk_size=chunk_size,
+                                        bpw=bpw)
         machine_gpus = len(facts.gpu.gpus)
 
-    result = render(plan, fmt, shell=shell, script=script, include_plan=not _is_profile(source),
+    result = render(emit_source, fmt, shell=shell, script=script, include_plan=not _is_profile(source),
                     machine_gpu_count=machine_gpus)
     for note in result.notes:
         print(f"exlx-autocfg: note: {note}", file=sys.stderr)
@@ -144,13 +147,6 @@ def emit(
     else:
         _write(result, _target_path(out, fmt, shell))
     return 0
-
-
-def _from_profile(source: str) -> tuple[Plan, int]:
-    from exlx_autocfg.emitters.from_profile import plan_from_profile
-    from exlx_autocfg.profile.format import read_profile
-
-    return plan_from_profile(read_profile(source))
 
 
 def _write(result: Emitted, target: Path) -> None:

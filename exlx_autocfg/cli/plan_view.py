@@ -7,7 +7,8 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from exlx_autocfg.planner.types import CACHE_MODES, DeviceMemory, Plan
+from exlx_autocfg import exl2
+from exlx_autocfg.planner.types import DeviceMemory, Plan
 
 MIB = 1024**2
 BAR_WIDTH = 48
@@ -67,16 +68,16 @@ def plan_renderable(plan: Plan) -> Group:
     )
     head.append(f"GPUs: {gpus}\n")
     head.append("Plan: ", style="bold")
+    s = plan.settings
     head.append(
-        f"backend {plan.backend}, cache {plan.cache_mode}, max_seq_len {plan.max_seq_len}, "
-        f"chunk {plan.chunk_size}"
+        f"backend {s.backend}, cache {s.cache_mode}, max_seq_len {s.max_seq_len}, chunk {s.max_input_len}"
     )
-    if plan.gpu_split:
-        head.append(f", gpu_split {plan.gpu_split}")
-    flags = [f for f in ("no_flash_attn", "no_xformers", "no_sdpa") if getattr(plan, f)]
+    if s.gpu_split:
+        head.append(f", gpu_split {s.gpu_split}")
+    flags = [switch for switch, on in s.switches.items() if on]
     if flags:
         head.append(f", {' '.join(flags)}")
-    head.append(f", paged {str(plan.paged).lower()}\n")
+    head.append(f", paged {str(s.paged).lower()}\n")
 
     decisions = Table(title="Decisions", title_justify="left", show_lines=False, expand=False)
     decisions.add_column("decision", style="bold", no_wrap=True)
@@ -84,9 +85,9 @@ def plan_renderable(plan: Plan) -> Group:
     decisions.add_column("why / rejected")
     for r in plan.reasons:
         why = Text(r.why)
-        for alt, reason in r.rejected.items():
+        for alt in r.rejected:
             why.append(f"\n  ✗ {alt}: ", style="red")
-            why.append(reason)
+            why.append(r.rejected_text(alt))
         decisions.add_row(r.decision, r.choice, why)
 
     contexts = Table(title="Max context per cache mode", title_justify="left")
@@ -94,10 +95,10 @@ def plan_renderable(plan: Plan) -> Group:
     contexts.add_column("bytes/token", justify="right")
     contexts.add_column("max_seq_len", justify="right")
     contexts.add_column("")
-    for mode in CACHE_MODES:
+    for mode in exl2.CACHE_MODES:
         n = plan.max_seq_len_by_cache_mode.get(mode, 0)
         per_token = plan.kv_cache_bytes_per_token.get(mode)
-        mark = "◀ chosen" if mode == plan.cache_mode else ""
+        mark = "◀ chosen" if mode == plan.settings.cache_mode else ""
         contexts.add_row(
             mode, f"{per_token:,}" if per_token else "?", f"{n:,}" if n else "does not fit", mark
         )
@@ -123,7 +124,7 @@ def plan_renderable(plan: Plan) -> Group:
         warn = Text("\n")
         for w in plan.warnings:
             warn.append("warning: ", style="bold yellow")
-            warn.append(w + "\n")
+            warn.append(w.message + "\n")
         items.append(warn)
     return Group(*items)
 

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
+from exlx_autocfg import exl2
 from exlx_autocfg.cli.app import app
 from exlx_autocfg.cli.planopts import (
     DEFAULT_MARGIN_MIB,
@@ -38,7 +39,6 @@ from exlx_autocfg.profile.format import (
     read_profile,
     write_profile,
 )
-from exlx_autocfg.profile.loader import CACHE_CLASSES, ENV_SWITCHES
 
 GIB = 1024**3
 ProfileArg = Annotated[Path, typer.Argument(help="A profile file written by `exlx-autocfg profile`.")]
@@ -159,9 +159,9 @@ def prepare_command(
         "stale": [ch.message for ch in p.changes],
         "replanned": p.replanned,
         "backend": p.backend,
-        "env": {var: var in os.environ for var in ENV_SWITCHES.values()},
+        "env": {var: var in os.environ for var in exl2.ENV.values()},
         "config": {k: getattr(c, k) for k in ("max_seq_len", "max_input_len", "max_attention_size",
-                                              "max_batch_size", "no_flash_attn", "no_xformers", "no_sdpa")},
+                                              "max_batch_size", *exl2.SWITCHES)},
         "cache_class": p.cache_class.__name__,
         "gpu_split": p.gpu_split,
         "autosplit": p.autosplit,
@@ -237,7 +237,7 @@ def settings_line(profile: Profile) -> str:
 
 def render_show(profile: Profile, source: str) -> str:
     s, cf = profile.settings, profile.computed_for
-    env = [var for key, var in ENV_SWITCHES.items() if getattr(s, key)]
+    env = [var for var, value in s.env.items() if value is not None]
     if s.gpu_split:
         split = f"gpu_split {', '.join(f'{x:g}' for x in s.gpu_split)} GB (weights per GPU, CUDA order)"
     elif s.autosplit:
@@ -249,7 +249,7 @@ def render_show(profile: Profile, source: str) -> str:
                  else "unpaged (batch 1: paged mode needs flash-attn >= 2.5.7)")
     rows: list[tuple[str, Any]] = [
         ("backend", f"{s.backend}" + (f"  (sets {', '.join(env)})" if env else "")),
-        ("cache_mode", f"{s.cache_mode}  ({CACHE_CLASSES[s.cache_mode]})"),
+        ("cache_mode", f"{s.cache_mode}  ({s.cache_class})"),
         ("max_seq_len", s.max_seq_len),
         ("max_input_len", f"{s.max_input_len}  (chunk size)"),
         ("max_attention_size", s.max_attention_size),
@@ -285,7 +285,8 @@ def render_show(profile: Profile, source: str) -> str:
         lines += ["", "why"]
         for r in profile.reasons:
             lines.append(f"  {r.decision}: {r.choice} - {r.why}")
-            for alt, why in r.rejected.items():
+            for alt in r.rejected:
+                why = r.rejected_text(alt)
                 lines.append(f"      not {alt}: {why}")
     if profile.warnings:
         lines += ["", "warnings"] + [f"  - {w}" for w in profile.warnings]

@@ -1,7 +1,7 @@
 """Render a Plan for the tools people run EXL2 models with.
 
 One module per target (tabbyapi, textgen, exllamav2_args, shell_env, json_plan), each a set of pure
-functions Plan -> text/data; `emit(plan, format)` picks one and says how its output may be merged into an
+functions Plan -> text/data; `emit(src, format)` picks one and says how its output may be merged into an
 existing file (YAML targets) or must replace it. yaml_merge and output hold the file I/O.
 """
 
@@ -12,8 +12,8 @@ from typing import Any
 
 from exlx_autocfg.emitters import exllamav2_args, json_plan, shell_env, tabbyapi, textgen
 from exlx_autocfg.emitters.common import header
+from exlx_autocfg.emitters.source import EmitInput, as_input
 from exlx_autocfg.errors import UsageError
-from exlx_autocfg.planner.types import Plan
 
 FORMATS: dict[str, str] = {
     "tabbyapi": "TabbyAPI config.yml `model:` block (exl2-checkpoint branch)",
@@ -55,36 +55,39 @@ def check_options(fmt: str, shell: str = "sh", script: str = exllamav2_args.DEFA
     _check(script, exllamav2_args.SCRIPTS, "script")
 
 
-def emit(plan: Plan, fmt: str, *, shell: str = "sh", script: str = exllamav2_args.DEFAULT_SCRIPT,
+def emit(source: Any, fmt: str, *, shell: str = "sh", script: str = exllamav2_args.DEFAULT_SCRIPT,
          include_plan: bool = True, machine_gpu_count: int | None = None) -> Emitted:
+    """Render `source` (a Plan, a Profile or an EmitInput) in format `fmt`. `machine_gpu_count`: how many
+    GPUs the machine has, for a Plan (a profile records it)."""
     check_options(fmt, shell, script)
+    src = as_input(source, machine_gpu_count)
     if fmt in ("tabbyapi", "tabbyapi-model"):
         per_model = fmt == "tabbyapi-model"
         target = "TabbyAPI tabby_config.yml (per model)" if per_model else "TabbyAPI config.yml"
-        values = tabbyapi.model_settings(plan, per_model=per_model)
-        return Emitted(fmt, tabbyapi.render(plan, per_model=per_model, machine_gpu_count=machine_gpu_count),
+        values = tabbyapi.model_settings(src, per_model=per_model)
+        return Emitted(fmt, tabbyapi.render(src, per_model=per_model),
                        merge_section=(tabbyapi.SECTION,), merge_values=values,
-                       header=header(plan, target, tabbyapi.notes(plan, machine_gpu_count)))
+                       header=header(src, target, tabbyapi.notes(src)))
     if fmt == "textgen":
-        key = textgen.entry_key(textgen.folder_name(plan))
-        return Emitted(fmt, textgen.render_config(plan, machine_gpu_count=machine_gpu_count),
-                       merge_section=(key,), merge_values=textgen.entry(plan),
-                       header=header(plan, "text-generation-webui config-user.yaml",
-                                     textgen.notes(plan, machine_gpu_count)))
+        key = textgen.entry_key(textgen.folder_name(src))
+        return Emitted(fmt, textgen.render_config(src),
+                       merge_section=(key,), merge_values=textgen.entry(src),
+                       header=header(src, "text-generation-webui config-user.yaml",
+                                     textgen.notes(src)))
     if fmt == "textgen-flags":
-        flags = textgen.render_flags(plan)
-        notes = textgen.launch_notes(plan, machine_gpu_count)
+        flags = textgen.render_flags(src)
+        notes = textgen.launch_notes(src)
         # CMD_FLAGS.txt skips lines starting with '#' (modules/shared.py), so the file carries the header.
-        file_text = header(plan, "text-generation-webui CMD_FLAGS.txt", notes) + flags
+        file_text = header(src, "text-generation-webui CMD_FLAGS.txt", notes) + flags
         return Emitted(fmt, flags, notes=notes, file_text=file_text, block_merge=True)
     if fmt == "exllamav2-args":
-        notes = exllamav2_args.notes(plan, script, machine_gpu_count)
-        return Emitted(fmt, exllamav2_args.render(plan, script), notes=notes)
+        notes = exllamav2_args.notes(src, script)
+        return Emitted(fmt, exllamav2_args.render(src, script), notes=notes)
     if fmt == "env":
-        text = shell_env.render(plan, shell, machine_gpu_count=machine_gpu_count)
+        text = shell_env.render(src, shell)
         return Emitted(fmt, text, block_merge=True)
-    text = json_plan.render(plan, include_plan=include_plan, machine_gpu_count=machine_gpu_count)
+    text = json_plan.render(src, include_plan=include_plan)
     return Emitted(fmt, text)
 
 
-__all__ = ["FORMATS", "Emitted", "check_options", "emit"]
+__all__ = ["FORMATS", "EmitInput", "Emitted", "check_options", "emit"]

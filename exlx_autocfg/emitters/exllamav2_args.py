@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import shlex
 
+from exlx_autocfg import exl2
 from exlx_autocfg.emitters.common import device_pinning, number
-from exlx_autocfg.planner.types import Plan
+from exlx_autocfg.emitters.source import EmitInput
 
 # script -> its cache flag per mode (None: the script has no cache flag). Source: turboderp-org/exllamav2
 # @ da07fac, examples/chat.py L68-71, eval/humaneval.py L18-20, eval/mmlu.py L16-18.
@@ -28,45 +29,40 @@ SCRIPTS: dict[str, dict[str, str] | None] = {
 DEFAULT_SCRIPT = "chat"
 
 
-def args(plan: Plan, script: str = DEFAULT_SCRIPT) -> list[str]:
+def args(src: EmitInput, script: str = DEFAULT_SCRIPT) -> list[str]:
     out: list[str] = []
-    if plan.model.path:
-        out += ["-m", plan.model.path]
-    out += ["-l", str(plan.max_seq_len)]
-    if plan.gpu_split:
-        out += ["-gs", ",".join(str(number(gb)) for gb in plan.gpu_split)]
-    elif plan.autosplit:
+    if src.model_path:
+        out += ["-m", src.model_path]
+    out += ["-l", str(src.settings.max_seq_len)]
+    if src.settings.gpu_split:
+        out += ["-gs", ",".join(str(number(gb)) for gb in src.settings.gpu_split)]
+    elif src.settings.autosplit:
         out += ["-gs", "auto"]
-    if plan.no_flash_attn:
-        out.append("-nfa")
-    if plan.no_xformers:
-        out.append("-nxf")
-    if plan.no_sdpa:
-        out.append("-nsdpa")
-    out += ["-chunk", str(plan.chunk_size)]
+    out += [exl2.SCRIPT_FLAG[switch] for switch, on in src.settings.switches.items() if on]
+    out += ["-chunk", str(src.settings.max_input_len)]
     cache_flags = SCRIPTS[script]
-    if cache_flags and cache_flags[plan.cache_mode]:
-        out.append(cache_flags[plan.cache_mode])
+    if cache_flags and cache_flags[src.settings.cache_mode]:
+        out.append(cache_flags[src.settings.cache_mode])
     return out
 
 
-def notes(plan: Plan, script: str = DEFAULT_SCRIPT, machine_gpu_count: int | None = None) -> list[str]:
+def notes(src: EmitInput, script: str = DEFAULT_SCRIPT) -> list[str]:
     """What the flags cannot say; the CLI prints these on stderr so stdout stays splice-able."""
     lines = []
-    pinning = device_pinning(plan, machine_gpu_count)
+    pinning = device_pinning(src)
     if pinning:
         lines.append("run with " + " ".join(f"{k}={v}" for k, v in pinning.items())
                      + " (emit --format env) so the split meets the GPUs in the planned order")
-    if not plan.model.path:
+    if not src.model_path:
         lines.append("no -m: the plan names a catalog model; add -m MODEL_DIR")
-    if SCRIPTS[script] is None and plan.cache_mode != "FP16":
+    if SCRIPTS[script] is None and src.settings.cache_mode != "FP16":
         lines.append(f"script {script!r} takes no cache flag: it builds its own cache (the plan wants "
-                     f"{plan.cache_mode}); use --script chat for examples/chat.py")
-    if plan.max_attention_size != plan.chunk_size**2:
-        lines.append(f"-chunk also sets max_attention_size = {plan.chunk_size**2} "
-                     f"(the plan has {plan.max_attention_size})")
+                     f"{src.settings.cache_mode}); use --script chat for examples/chat.py")
+    if src.settings.max_attention_size != src.settings.max_input_len**2:
+        lines.append(f"-chunk also sets max_attention_size = {src.settings.max_input_len**2} "
+                     f"(the plan has {src.settings.max_attention_size})")
     return lines
 
 
-def render(plan: Plan, script: str = DEFAULT_SCRIPT) -> str:
-    return shlex.join(args(plan, script)) + "\n"
+def render(src: EmitInput, script: str = DEFAULT_SCRIPT) -> str:
+    return shlex.join(args(src, script)) + "\n"

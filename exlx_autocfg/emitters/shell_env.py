@@ -12,7 +12,7 @@ import shlex
 from collections.abc import Mapping
 
 from exlx_autocfg.emitters.common import header, runtime_env
-from exlx_autocfg.planner.types import Plan
+from exlx_autocfg.emitters.source import EmitInput
 
 SHELLS: tuple[str, ...] = ("sh", "fish", "powershell")
 
@@ -42,12 +42,12 @@ def lines(env: Mapping[str, str | None], shell: str) -> list[str]:
     return out
 
 
-def render(plan: Plan, shell: str = "sh", *, machine_gpu_count: int | None = None) -> str:
-    env = runtime_env(plan, machine_gpu_count)
+def render(src: EmitInput, shell: str = "sh") -> str:
+    env = runtime_env(src)
     source = {
         "sh": "eval \"$(exlx-autocfg emit --format env ...)\"",
         "fish": "exlx-autocfg emit --format env --shell fish ... | source",
         "powershell": "exlx-autocfg emit --format env --shell powershell ... | Out-String | iex",
     }[shell]
-    text = header(plan, f"{shell} environment", [f"Use: {source}"])
+    text = header(src, f"{shell} environment", [f"Use: {source}"])
     return text + "".join(line + "\n" for line in lines(env, shell))

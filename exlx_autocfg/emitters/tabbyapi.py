@@ -20,6 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from exlx_autocfg import exl2
 from exlx_autocfg.emitters.common import (
     PAGE_SIZE,
     env_summary,
@@ -30,8 +31,9 @@ from exlx_autocfg.emitters.common import (
     round_up,
     runtime_env,
 )
+from exlx_autocfg.emitters.source import EmitInput
 from exlx_autocfg.emitters.yaml_merge import dump_yaml
-from exlx_autocfg.planner.types import Plan
+from exlx_autocfg.versions import cc_of
 
 SECTION = "model"
 # The keys exlx-autocfg owns in the `model:` section; merging changes these and nothing else.
@@ -51,122 +53,132 @@ OWNED_KEYS: tuple[str, ...] = (
 )
 
 
-def compatibility_mode(plan: Plan) -> bool:
+def _flash_min_cc() -> str:
+    return exl2.backend_rules()["flash_attn"]["min_cc"]
+
+
+def _paged_min() -> str:
+    return exl2.backend_rules()["flash_attn"]["paged_min_version"]
+
+
+def compatibility_mode(src: EmitInput) -> bool:
     """Whether TabbyAPI must run this plan unpaged (its 'compatibility mode': batch 1, no CFG)."""
-    return not plan.paged
+    return not src.settings.paged
 
 
-def _all_ampere_nvidia(plan: Plan) -> bool:
-    gpus = plan.gpus
+def _all_ampere_nvidia(src: EmitInput) -> bool:
+    gpus = src.gpus
     return bool(gpus) and all(
-        g.vendor == "nvidia" and g.compute_capability and int(g.compute_capability.split(".")[0]) >= 8
+        g.vendor == "nvidia" and (cc_of(g.compute_capability) or (0, 0)) >= cc_of(_flash_min_cc())
         for g in gpus
     )
 
 
-def required_env(plan: Plan, machine_gpu_count: int | None = None) -> dict[str, str | None]:
+def required_env(src: EmitInput) -> dict[str, str | None]:
     """The environment TabbyAPI must start with for this plan.
 
     TabbyAPI detects compatibility mode by itself on pre-Ampere and ROCm; on Ampere+ an unpaged plan
     (no flash-attn, or one too old for paged attention) only gets it when exllamav2 reports
     `no_flash_attn`, which EXLLAMA_NO_FLASH_ATTN sets. Otherwise TabbyAPI would start paged and fail.
     """
-    env = runtime_env(plan, machine_gpu_count)
-    if compatibility_mode(plan) and _all_ampere_nvidia(plan):
-        env["EXLLAMA_NO_FLASH_ATTN"] = "1"
+    env = runtime_env(src)
+    if compatibility_mode(src) and _all_ampere_nvidia(src):
+        env[exl2.ENV[exl2.SWITCH["flash_attn"]]] = "1"
     return env
 
 
-def cache_size(plan: Plan) -> int:
+def cache_size(src: EmitInput) -> int:
     """TabbyAPI's cache_size: a whole number of 256-token pages, never below max_seq_len.
 
     Paged, the dynamic generator's cache is one pool of `cache_size` tokens shared by up to
     `max_batch_size` jobs; the plan budgets max_batch_size x max_seq_len tokens of cache (the same bytes),
     so the pool gets all of them. Unpaged (compatibility mode) the cache is max_seq_len tokens.
     """
-    return round_up(_cache_tokens(plan), PAGE_SIZE)
+    return round_up(_cache_tokens(src), PAGE_SIZE)
 
 
-def _cache_tokens(plan: Plan) -> int:
-    return plan.max_seq_len if compatibility_mode(plan) else plan.max_seq_len * max(1, plan.max_batch_size)
+def _cache_tokens(src: EmitInput) -> int:
+    s = src.settings
+    return s.max_seq_len if compatibility_mode(src) else s.max_seq_len * max(1, s.max_batch_size)
 
 
-def model_settings(plan: Plan, *, per_model: bool = False) -> dict[str, Any]:
+def model_settings(src: EmitInput, *, per_model: bool = False) -> dict[str, Any]:
     """The `model:` mapping, in TabbyAPI's own key order. `per_model` drops model_dir/model_name
     (a tabby_config.yml lives inside the model folder and may only carry load parameters)."""
     s: dict[str, Any] = {"backend": "exllamav2"}
-    if not per_model and plan.model.path:
-        path = Path(plan.model.path)
+    if not per_model and src.model_path:
+        path = Path(src.model_path)
         s["model_dir"] = str(path.parent)
         s["model_name"] = path.name
-    s["max_seq_len"] = plan.max_seq_len
-    s["cache_size"] = cache_size(plan)
-    s["cache_mode"] = plan.cache_mode
-    s["chunk_size"] = plan.chunk_size
-    s["max_batch_size"] = 1 if compatibility_mode(plan) else plan.max_batch_size
+    s["max_seq_len"] = src.settings.max_seq_len
+    s["cache_size"] = cache_size(src)
+    s["cache_mode"] = src.settings.cache_mode
+    s["chunk_size"] = src.settings.max_input_len
+    s["max_batch_size"] = 1 if compatibility_mode(src) else src.settings.max_batch_size
     s["tensor_parallel"] = False  # the plan's memory arithmetic is for a layer split, not TP
-    if plan.gpu_split:
+    if src.settings.gpu_split:
         s["gpu_split_auto"] = False
-        s["autosplit_reserve"] = [mib_ceil(b) for b in plan.autosplit_reserve_bytes] or [96]
-        s["gpu_split"] = [number(gb) for gb in plan.gpu_split]
-    elif plan.autosplit:
+        s["autosplit_reserve"] = [mib_ceil(b) for b in src.settings.reserve_bytes] or [96]
+        s["gpu_split"] = [number(gb) for gb in src.settings.gpu_split]
+    elif src.settings.autosplit:
         s["gpu_split_auto"] = True
         # TabbyAPI's default when the plan names no reserve (config_sample.yml: [96]).
-        s["autosplit_reserve"] = [mib_ceil(b) for b in plan.autosplit_reserve_bytes] or [96]
+        s["autosplit_reserve"] = [mib_ceil(b) for b in src.settings.reserve_bytes] or [96]
         s["gpu_split"] = []
     else:  # one GPU: TabbyAPI ignores split settings when one GPU is visible (device pinning sees to that)
         s["gpu_split_auto"] = False
-        s["autosplit_reserve"] = [mib_ceil(b) for b in plan.autosplit_reserve_bytes] or [96]
+        s["autosplit_reserve"] = [mib_ceil(b) for b in src.settings.reserve_bytes] or [96]
         s["gpu_split"] = []
     return s
 
 
-def notes(plan: Plan, machine_gpu_count: int | None = None) -> list[str]:
+def notes(src: EmitInput) -> list[str]:
     """Comment lines that explain how TabbyAPI will treat this plan."""
     lines = []
-    if compatibility_mode(plan):
+    if compatibility_mode(src):
         lines.append(
             "TabbyAPI compatibility mode (unpaged): batch size 1, no CFG; cache_size is ignored, "
             "the cache is max_seq_len tokens."
         )
-        if plan.backend == "flash_attn":
+        if src.settings.backend == "flash_attn":
             lines.append(
                 "Warning: compatibility mode turns flash-attn off, so TabbyAPI will not use the planned "
-                "flash_attn backend (install flash-attn >= 2.5.7 for paged mode, or re-plan)."
+                f"flash_attn backend (install flash-attn >= {_paged_min()} for paged mode, or re-plan)."
             )
-    elif plan.max_batch_size > 1:
+    elif src.settings.max_batch_size > 1:
         lines.append(f"cache_size = max_batch_size x max_seq_len: one pool of pages shared by up to "
-                     f"{plan.max_batch_size} jobs, the cache the plan budgets.")
-    if cache_size(plan) != _cache_tokens(plan):
-        lines.append(f"cache_size rounded up to {cache_size(plan)} (a multiple of {PAGE_SIZE}).")
-    if plan.chunk_size % PAGE_SIZE:
+                     f"{src.settings.max_batch_size} jobs, the cache the plan budgets.")
+    if cache_size(src) != _cache_tokens(src):
+        lines.append(f"cache_size rounded up to {cache_size(src)} (a multiple of {PAGE_SIZE}).")
+    if src.settings.max_input_len % PAGE_SIZE:
         lines.append(
-            f"Warning: TabbyAPI rounds chunk_size {plan.chunk_size} up to "
-            f"{round_up(plan.chunk_size, PAGE_SIZE)}, which needs more scratch memory than planned."
+            f"Warning: TabbyAPI rounds chunk_size {src.settings.max_input_len} up to "
+            f"{round_up(src.settings.max_input_len, PAGE_SIZE)}, which needs more scratch memory than "
+            "planned."
         )
-    if plan.max_attention_size != plan.chunk_size**2:
+    if src.settings.max_attention_size != src.settings.max_input_len**2:
         lines.append(
-            f"Note: TabbyAPI sets max_attention_size = chunk_size^2 = {plan.chunk_size**2} "
-            f"(the plan has {plan.max_attention_size})."
+            f"Note: TabbyAPI sets max_attention_size = chunk_size^2 = {src.settings.max_input_len**2} "
+            f"(the plan has {src.settings.max_attention_size})."
         )
-    env = required_env(plan, machine_gpu_count)
+    env = required_env(src)
     needed = {k: v for k, v in env.items() if v is not None}
     if needed:
         lines.append(f"Start TabbyAPI with: {env_summary(env)}")
         lines.append("  (`exlx-autocfg emit --format env` prints the exports for your shell).")
-    if len(ordered_gpus(plan)) > 1:
+    if len(ordered_gpus(src)) > 1:
         lines.append("gpu_split / autosplit_reserve are in CUDA device order (see CUDA_VISIBLE_DEVICES).")
-    if not plan.model.path:
+    if not src.model_path:
         lines.append("model_dir/model_name not set: the plan names a catalog model, not a local folder.")
     lines.append("`emit --out` re-merges only the keys exlx-autocfg owns under model:; the rest stays.")
     return lines
 
 
-def render(plan: Plan, *, per_model: bool = False, machine_gpu_count: int | None = None) -> str:
+def render(src: EmitInput, *, per_model: bool = False) -> str:
     """A complete config.yml (`model:` block only) or tabby_config.yml, with the header comment."""
     target = "TabbyAPI tabby_config.yml (per model)" if per_model else "TabbyAPI config.yml"
-    text = header(plan, target, notes(plan, machine_gpu_count))
-    return text + "\n" + dump_yaml({SECTION: model_settings(plan, per_model=per_model)})
+    text = header(src, target, notes(src))
+    return text + "\n" + dump_yaml({SECTION: model_settings(src, per_model=per_model)})
 
 
 def keep_model_dir(values: dict[str, Any], existing_text: str | None, base: Path) -> dict[str, Any]:

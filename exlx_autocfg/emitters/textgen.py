@@ -23,21 +23,21 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from exlx_autocfg import exl2
 from exlx_autocfg.emitters.common import header, number, one_line, ordered_gpus, runtime_env
+from exlx_autocfg.emitters.source import EmitInput
 from exlx_autocfg.emitters.yaml_merge import dump_yaml
-from exlx_autocfg.planner.types import Plan
 
 LOADER = "ExLlamav2_HF"  # what the UI infers for EXL2 folders (models_settings.py infer_loader)
 CACHE_TYPE = {"FP16": "fp16", "Q8": "q8", "Q6": "q6", "Q4": "q4"}
-EXLLAMAV2_DEFAULT_CHUNK = 2048  # exllamav2 config.py max_input_len default; the UI keeps it
+EXLLAMAV2_DEFAULT_CHUNK = exl2.DEFAULT_MAX_INPUT_LEN  # the UI never sets max_input_len
 OWNED_KEYS: tuple[str, ...] = (
-    "loader", "ctx_size", "max_seq_len", "cache_type", "gpu_split", "autosplit", "enable_tp",
-    "no_flash_attn", "no_xformers", "no_sdpa",
+    "loader", "ctx_size", "max_seq_len", "cache_type", "gpu_split", "autosplit", "enable_tp", *exl2.SWITCHES,
 )
 
 
-def folder_name(plan: Plan) -> str:
-    return Path(plan.model.path).name if plan.model.path else plan.model.name
+def folder_name(src: EmitInput) -> str:
+    return Path(src.model_path).name if src.model_path else src.model_name
 
 
 def entry_key(name: str) -> str:
@@ -52,72 +52,70 @@ def entry_key(name: str) -> str:
     return re.escape(name) + "$"
 
 
-def entry(plan: Plan) -> dict[str, Any]:
+def entry(src: EmitInput) -> dict[str, Any]:
     """The settings mapping for the model's entry, in the UI's key order."""
-    split = ",".join(str(number(gb)) for gb in plan.gpu_split) if plan.gpu_split else ""
+    split = ",".join(str(number(gb)) for gb in src.settings.gpu_split) if src.settings.gpu_split else ""
     return {
         "loader": LOADER,
-        "ctx_size": plan.max_seq_len,
-        "max_seq_len": plan.max_seq_len,
-        "cache_type": CACHE_TYPE[plan.cache_mode],
+        "ctx_size": src.settings.max_seq_len,
+        "max_seq_len": src.settings.max_seq_len,
+        "cache_type": CACHE_TYPE[src.settings.cache_mode],
         "gpu_split": split,
-        "autosplit": bool(plan.autosplit),
+        "autosplit": bool(src.settings.autosplit),
         "enable_tp": False,
-        "no_flash_attn": plan.no_flash_attn,
-        "no_xformers": plan.no_xformers,
-        "no_sdpa": plan.no_sdpa,
+        **src.settings.switches,  # the UI's keys are exllamav2's switch names (modules/exllamav2.py)
     }
 
 
-def notes(plan: Plan, machine_gpu_count: int | None = None) -> list[str]:
+def notes(src: EmitInput) -> list[str]:
     """Comment lines for config-user.yaml."""
     return [
-        f"Entry for the model folder {one_line(folder_name(plan))!r} in the UI's --model-dir.",
-        *launch_notes(plan, machine_gpu_count),
+        f"Entry for the model folder {one_line(folder_name(src))!r} in the UI's --model-dir.",
+        *launch_notes(src),
         "`emit --out` re-merges only the keys exlx-autocfg owns in this entry; the rest of the file stays.",
     ]
 
 
-def launch_notes(plan: Plan, machine_gpu_count: int | None = None) -> list[str]:
+def launch_notes(src: EmitInput) -> list[str]:
     """What the UI's settings cannot express (comments in the YAML; stderr for the flags)."""
     lines = []
-    if plan.max_batch_size > 1:
+    if src.settings.max_batch_size > 1:
         lines.append(f"The UI's ExLlamav2 loaders cache one sequence; the plan's batch of "
-                     f"{plan.max_batch_size} is not used (less memory than planned).")
-    if plan.chunk_size != EXLLAMAV2_DEFAULT_CHUNK:
-        more = "more scratch memory than planned" if plan.chunk_size < EXLLAMAV2_DEFAULT_CHUNK else "less"
+                     f"{src.settings.max_batch_size} is not used (less memory than planned).")
+    if src.settings.max_input_len != EXLLAMAV2_DEFAULT_CHUNK:
+        smaller = src.settings.max_input_len < EXLLAMAV2_DEFAULT_CHUNK
+        more = "more scratch memory than planned" if smaller else "less"
         lines.append(
             f"The UI has no chunk-size setting; exllamav2 uses {EXLLAMAV2_DEFAULT_CHUNK} "
-            f"(plan: {plan.chunk_size}), {more}."
+            f"(plan: {src.settings.max_input_len}), {more}."
         )
-    pinning = {k: v for k, v in runtime_env(plan, machine_gpu_count).items() if k.startswith("CUDA_")}
+    pinning = {k: v for k, v in runtime_env(src).items() if k.startswith("CUDA_")}
     if pinning:
         lines.append("Start the UI with " + " ".join(f"{k}={v}" for k, v in pinning.items())
                      + " so gpu_split meets the GPUs in the planned order.")
-    if len(ordered_gpus(plan)) > 1 and plan.gpu_split:
+    if len(ordered_gpus(src)) > 1 and src.settings.gpu_split:
         lines.append("gpu_split is GB per GPU in CUDA device order.")
     return lines
 
 
-def render_config(plan: Plan, *, machine_gpu_count: int | None = None) -> str:
+def render_config(src: EmitInput) -> str:
     """A config-user.yaml with the one entry, with the header comment."""
-    text = header(plan, "text-generation-webui config-user.yaml", notes(plan, machine_gpu_count))
-    return text + "\n" + dump_yaml({entry_key(folder_name(plan)): entry(plan)})
+    text = header(src, "text-generation-webui config-user.yaml", notes(src))
+    return text + "\n" + dump_yaml({entry_key(folder_name(src)): entry(src)})
 
 
-def flags(plan: Plan) -> list[str]:
+def flags(src: EmitInput) -> list[str]:
     """Command-line flags for server.py (or user_data/CMD_FLAGS.txt) that load the model this way."""
-    args = ["--model", folder_name(plan), "--loader", LOADER,
-            "--max_seq_len", str(plan.max_seq_len), "--cache_type", CACHE_TYPE[plan.cache_mode]]
-    if plan.gpu_split:
-        args += ["--gpu-split", ",".join(str(number(gb)) for gb in plan.gpu_split)]
-    elif plan.autosplit:
+    args = ["--model", folder_name(src), "--loader", LOADER,
+            "--max_seq_len", str(src.settings.max_seq_len),
+            "--cache_type", CACHE_TYPE[src.settings.cache_mode]]
+    if src.settings.gpu_split:
+        args += ["--gpu-split", ",".join(str(number(gb)) for gb in src.settings.gpu_split)]
+    elif src.settings.autosplit:
         args.append("--autosplit")
-    for switch in ("no_flash_attn", "no_xformers", "no_sdpa"):
-        if getattr(plan, switch):
-            args.append(f"--{switch}")
+    args += [f"--{switch}" for switch, on in src.settings.switches.items() if on]
     return args
 
 
-def render_flags(plan: Plan) -> str:
-    return shlex.join(flags(plan)) + "\n"
+def render_flags(src: EmitInput) -> str:
+    return shlex.join(flags(src)) + "\n"

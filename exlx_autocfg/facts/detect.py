@@ -12,11 +12,13 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from exlx_autocfg import __version__
+from exlx_autocfg import __version__, exl2
+from exlx_autocfg.facts.arch_coverage import kernel_coverage
 from exlx_autocfg.facts.gpuinfo import device_order, fill_from_torch, read_gpu_report
 from exlx_autocfg.facts.probe_runner import run_probe
 from exlx_autocfg.facts.types import Facts, GPUReport, LibraryFacts, PythonFacts
 from exlx_autocfg.serde import from_data
+from exlx_autocfg.versions import release
 
 DEFAULT_TIMEOUT_S = 60.0
 
@@ -98,7 +100,7 @@ def library_problems(facts: Facts) -> list[str]:
         out.extend(_torch_problems(facts, torch))
     xformers = facts.lib("xformers")
     if xformers.installed and xformers.import_status == "ok":
-        out.extend(_xformers_problems(xformers))
+        out.extend(_xformers_problems(xformers, facts.version_of("exllamav2")))
     flash = facts.lib("flash-attn")
     if flash.installed and flash.details.get("cuda_module_error"):
         error = flash.details["cuda_module_error"]
@@ -119,7 +121,7 @@ def _torch_problems(facts: Facts, torch: LibraryFacts) -> list[str]:
     elif nvidia and d.get("cuda_available") is False:
         out.append(f"torch {torch.version} cannot use the NVIDIA GPUs (torch.cuda.is_available() is False)")
     driver_cuda, torch_cuda = facts.gpu.cuda_driver_version, d.get("cuda_version")
-    if driver_cuda and torch_cuda and _vtuple(driver_cuda) < _vtuple(torch_cuda)[:2]:
+    if driver_cuda and torch_cuda and (release(driver_cuda, 2) or ()) < (release(torch_cuda, 2) or ()):
         out.append(
             f"the NVIDIA driver supports CUDA up to {driver_cuda}, torch was built for CUDA {torch_cuda}: "
             "update the driver or install a torch build for an older CUDA"
@@ -127,7 +129,7 @@ def _torch_problems(facts: Facts, torch: LibraryFacts) -> list[str]:
     arch_list = d.get("arch_list") or []
     if arch_list:
         for gpu in nvidia:
-            if gpu.cc and not _arch_supported(gpu.cc, arch_list):
+            if gpu.cc and kernel_coverage(arch_list, gpu.cc) is None:
                 out.append(
                     f"torch {torch.version} has no kernels for GPU {gpu.index} ({gpu.name}, "
                     f"sm_{gpu.cc[0]}{gpu.cc[1]}); it was built for {' '.join(arch_list)}"
@@ -135,23 +137,7 @@ def _torch_problems(facts: Facts, torch: LibraryFacts) -> list[str]:
     return out
 
 
-def _arch_supported(cc: tuple[int, int], arch_list: list[str]) -> bool:
-    """A binary for this sm, or PTX for an older-or-equal one that the driver can JIT."""
-    want = cc[0] * 10 + cc[1]
-    for arch in arch_list:
-        kind, _, num = arch.partition("_")
-        digits = "".join(ch for ch in num if ch.isdigit())
-        if not digits:
-            continue
-        value = int(digits)
-        if kind == "sm" and value // 10 == cc[0] and value <= want:
-            return True  # same major, same or lower minor: binary compatible
-        if kind == "compute" and value <= want:
-            return True
-    return False
-
-
-def _xformers_problems(lib: LibraryFacts) -> list[str]:
+def _xformers_problems(lib: LibraryFacts, exllamav2: str | None) -> list[str]:
     d = lib.details
     out = []
     if d.get("has_cpp_library") is False:
@@ -161,9 +147,10 @@ def _xformers_problems(lib: LibraryFacts) -> list[str]:
         out.append(f"xformers {lib.version}: C++/CUDA ops did not load ({target}; {why}): attention fails")
     if d.get("flash_version_error"):
         out.append(f"xformers {lib.version}: {d['flash_version_error']}")
-    mask = "xformers.ops.fmha.attn_bias.LowerTriangularFromBottomRightMask"
-    if d.get("import_paths", {}).get(mask) is False:
-        out.append(f"xformers {lib.version}: {mask} does not resolve (exllamav2 >= 0.1.6 imports it)")
+    mask = exl2.xformers_mask_import(exllamav2)  # what `import exllamav2` imports (its version, else latest)
+    if mask and d.get("import_paths", {}).get(mask) is False:
+        version = exllamav2 or exl2.LATEST
+        out.append(f"xformers {lib.version}: {mask} does not resolve (exllamav2 {version} imports it)")
     return out
 
 
@@ -186,7 +173,7 @@ def _extension_problems(lib: LibraryFacts, torch: LibraryFacts) -> list[str]:
     if torch_cuda:
         if not jit.get("nvcc"):
             out.append(f"{name}: nvcc not found (CUDA_HOME, PATH, /usr/local/cuda): the JIT build will fail")
-        elif jit.get("nvcc_version") and _vtuple(jit["nvcc_version"])[:1] != _vtuple(torch_cuda)[:1]:
+        elif jit.get("nvcc_version") and release(jit["nvcc_version"], 1) != release(torch_cuda, 1):
             out.append(
                 f"{name}: nvcc {jit['nvcc_version']} does not match torch's CUDA {torch_cuda}: "
                 "the JIT build will fail or produce an extension that does not load"
@@ -198,13 +185,3 @@ def _extension_problems(lib: LibraryFacts, torch: LibraryFacts) -> list[str]:
     if not jit.get("compiler"):
         out.append(f"{name}: no C++ compiler found (c++/CXX): the JIT build will fail")
     return out
-
-
-def _vtuple(text: str) -> tuple[int, ...]:
-    parts = []
-    for piece in str(text).split("+")[0].split("."):
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        if not digits:
-            break
-        parts.append(int(digits))
-    return tuple(parts)

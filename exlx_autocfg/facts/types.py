@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from exlx_autocfg.serde import from_data, to_data
+from exlx_autocfg.versions import cc_of
 
 FACTS_SCHEMA = 1
 
@@ -58,10 +59,7 @@ class GPU:
 
     @property
     def cc(self) -> tuple[int, int] | None:
-        if not self.compute_capability:
-            return None
-        major, _, minor = self.compute_capability.partition(".")
-        return int(major), int(minor or 0)
+        return cc_of(self.compute_capability)
 
 
 @dataclass

@@ -16,10 +16,12 @@ from dataclasses import dataclass
 
 from packaging.utils import canonicalize_name
 
+from exlx_autocfg import exl2
 from exlx_autocfg.data import load_data
 from exlx_autocfg.errors import UsageError
+from exlx_autocfg.facts.derived import derived_details
 from exlx_autocfg.facts.types import GPU, Facts, GPUReport, LibraryFacts, PythonFacts
-from exlx_autocfg.planner.backends import LATEST_EXLLAMAV2, derived_details, rules, version_of
+from exlx_autocfg.versions import cc_of, version_of
 
 MIB = 1024 * 1024
 
@@ -56,6 +58,10 @@ class TableGPU:
             cuda_index=index,
             source="table",
         )
+
+
+def rules() -> dict:
+    return exl2.backend_rules()
 
 
 def gpu_table() -> list[TableGPU]:
@@ -131,7 +137,7 @@ def _library(name: str, version: str, *, rocm: bool) -> LibraryFacts:
     build: dict[str, str] = {}
     if name == "torch":
         if not local:
-            local = "rocm6.2.4" if rocm else "cu124"
+            local = rules()["what_if"]["default_build"]["rocm" if rocm else "cuda"]
         m = re.match(r"(cu|rocm)(\d+(?:\.\d+)*)", local)
         if m and m.group(1) == "cu":
             digits = m.group(2)
@@ -153,7 +159,7 @@ def recommended_libraries(gpus: list[GPU]) -> dict[str, str]:
     the ones a user would install for them, so that `--gpu 3090` plans with flash-attn, not matmul."""
     out: dict[str, str] = {}
     for name, row in rules()["what_if"].get("recommended", {}).items():
-        min_cc = tuple(int(x) for x in row["min_cc"].split("."))
+        min_cc = cc_of(row["min_cc"])
         if gpus and all(g.vendor == row["vendor"] and g.cc is not None and g.cc >= min_cc for g in gpus):
             out[name] = row["version"]
     return out
@@ -190,7 +196,7 @@ def what_if_facts(
         facts.gpu = GPUReport(gpus=[row.to_gpu(i) for i, row in enumerate(rows)], source="table")
     rocm = any(g.vendor == "amd" for g in facts.gpu.gpus)
     if base is None:
-        stack = {"exllamav2": LATEST_EXLLAMAV2, **rules()["what_if"]["default_stack"]}
+        stack = {"exllamav2": exl2.LATEST, **rules()["what_if"]["default_stack"]}
         for name, version in stack.items():
             if name != "source":
                 facts.libraries[name] = _library(name, version, rocm=rocm)
@@ -205,7 +211,9 @@ def what_if_facts(
     torch_version = facts.version_of("torch")
     if torch_version and rocm:
         facts.libraries["torch"].details.setdefault(
-            "hip_version", facts.libraries["torch"].build.get("rocm", "6.2")
+            "hip_version",
+            facts.libraries["torch"].build.get("rocm")
+            or rules()["what_if"]["default_build"]["rocm"].removeprefix("rocm"),
         )
     # Derive what a probe would have measured, for the libraries the what-if replaced.
     assumed = {parse_assume(s)[0] for s in assume or []}

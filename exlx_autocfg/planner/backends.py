@@ -1,10 +1,10 @@
 """Attention backends: each one judges itself against the facts, the model and the exllamav2 version.
 
-Modelled on vLLM's `validate_configuration()`: a backend returns the reasons it cannot serve this query
-(an empty list means valid); the ranking walks exllamav2's own precedence (flash_attn -> xformers -> sdpa ->
-matmul) and the first valid backend wins; a backend the user forces but that has reasons is refused with
-them. Every threshold comes from `profiles/backends.toml` (each rule with its source) or the xformers release
-table (`profiles/xformers.toml`); this module only applies them.
+Modelled on vLLM's `validate_configuration()`: a backend returns the coded findings that say why it cannot
+serve this query (none means valid); the ranking walks exllamav2's own precedence (`exl2.BACKENDS`) and the
+first valid backend wins; a backend the user forces but that has findings is refused with them. Every
+threshold comes from `profiles/backends.toml` (each rule with its source) or the xformers release table
+(`profiles/xformers.toml`); this module only applies them.
 
 Where a fact was not measured (what-if plans, `detect --no-import`) the rules derive it from the version with
 the same data: flash-attn features by version, xformers import paths and torch ABI from the release table,
@@ -16,93 +16,32 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from packaging.specifiers import SpecifierSet
-from packaging.version import InvalidVersion, Version
-
 from exlx_autocfg import exl2
 from exlx_autocfg.data import load_data
 from exlx_autocfg.errors import BackendRefusedError, UsageError
+from exlx_autocfg.facts.derived import derived_details
 from exlx_autocfg.facts.types import GPU, Facts
-from exlx_autocfg.planner.types import BACKENDS
-from exlx_autocfg.planner.xformers_releases import XformersRelease, xformers_release
+from exlx_autocfg.findings import Finding, finding, has_code, messages
+from exlx_autocfg.versions import CC, at_least, base_release, cc_of, cc_text, in_specifier, version_of
+from exlx_autocfg.xformers_releases import xformers_release
 
-# exllamav2 version assumed when the target interpreter does not have it installed.
-LATEST_EXLLAMAV2 = exl2.LATEST
+# Findings that mean "this backend runs but gives wrong output" (as opposed to "cannot run here").
+WRONG_OUTPUT = frozenset({"backend.sdpa.causal_defect"})
+# Findings that mean the library is simply absent (checks of an optional library skip these).
+NOT_INSTALLED = frozenset(
+    {"backend.flash_attn.not_installed", "backend.xformers.not_installed", "backend.sdpa.torch_missing"}
+)
 
 
 def rules() -> dict[str, Any]:
     return load_data("backends.toml")
 
 
-def version_of(text: str | None) -> Version | None:
-    """A comparable version, local tag (+cu121) dropped; None when absent or unparsable."""
-    if not text:
-        return None
-    try:
-        return Version(str(text).split("+", 1)[0])
-    except InvalidVersion:
-        return None
-
-
-def _base(v: Version) -> Version:
-    """The release part only: 2.8.0.post2 -> 2.8.0 (thresholds are about releases, not post-fixes)."""
-    return Version(".".join(str(p) for p in v.release))
-
-
-def _cc(text: str | None) -> tuple[int, int] | None:
-    if not text:
-        return None
-    major, _, minor = text.partition(".")
-    return int(major), int(minor or 0)
+def gives_wrong_output(findings: list[Finding]) -> Finding | None:
+    return next((f for f in findings if f.code in WRONG_OUTPUT), None)
 
 
 # ------------------------------------------------------------------------------------------- derivations
-
-
-def flash_features(version: str | None) -> dict[str, bool]:
-    """The flash-attn features exllamav2 sees for `version` (it reads window/softcap only from >= 2.5.7)."""
-    v = version_of(version)
-    r = rules()["flash_attn"]
-    if v is None:
-        return {"window_size": False, "softcap": False, "kvcache": False, "paged": False}
-    v = _base(v)
-    detected = v >= Version(r["window_size_detected_from"])
-    return {
-        "window_size": detected and v >= Version(r["window_size_version"]),
-        "softcap": detected and v >= Version(r["softcap_version"]),
-        "kvcache": v >= Version("2.2.0"),
-        "paged": v >= Version(r["paged_min_version"]),
-    }
-
-
-def torch_has_causal_lower_right(version: str | None) -> bool:
-    v = version_of(version)
-    return v is not None and v >= Version(rules()["torch"]["causal_lower_right"])
-
-
-def xformers_import_paths(release: XformersRelease) -> dict[str, bool]:
-    """Which mask import paths resolve in this xformers release (from the release table)."""
-    return {
-        row["path"]: bool(getattr(release, row["table_field"])) for row in rules()["xformers"]["mask_import"]
-    }
-
-
-def derived_details(name: str, version: str, torch_version: str | None) -> dict[str, Any]:
-    """Library `details` (see facts.py) derived from versions, for facts that were not measured."""
-    if name == "flash-attn":
-        return {"features": flash_features(version)}
-    if name == "torch":
-        return {"has_causal_lower_right": torch_has_causal_lower_right(version)}
-    if name == "xformers":
-        release = xformers_release(version)
-        if release is None:
-            return {}
-        details: dict[str, Any] = {"import_paths": xformers_import_paths(release)}
-        if torch_version:
-            details["has_cpp_library"] = release.loads_on_torch(torch_version)
-            details["built_for"] = {"torch": release.built_for_torch}
-        return details
-    return {}
 
 
 # ---------------------------------------------------------------------------------------------- the query
@@ -119,8 +58,9 @@ class BackendQuery:
     sliding_window: bool = False  # the model needs sliding-window attention (exllamav2 swa/alternating_swa)
 
     @property
-    def exllamav2_version(self) -> Version:
-        return version_of(self.exllamav2) or Version(LATEST_EXLLAMAV2)
+    def needs(self) -> tuple[str, ...]:
+        """The model features (`[features]` in backends.toml) this query's model needs."""
+        return tuple(f for f in rules()["features"] if getattr(self, f, False))
 
     @property
     def rocm(self) -> bool:
@@ -132,7 +72,7 @@ class BackendQuery:
             or "rocm" in (torch.local_tag or "")
         )
 
-    def weakest_cc(self) -> tuple[tuple[int, int], GPU] | None:
+    def weakest(self) -> tuple[CC, GPU] | None:
         known = [(g.cc, g) for g in self.gpus if g.cc is not None]
         return min(known, key=lambda t: t[0]) if known else None
 
@@ -140,14 +80,26 @@ class BackendQuery:
         return self.facts.version_of("torch")
 
 
-def _installed(q: BackendQuery, package: str) -> tuple[str | None, list[str]]:
-    """(version, reasons) for a library that must be installed and importable."""
+def _feature(name: str) -> str:
+    return rules()["features"][name]
+
+
+def _installed(q: BackendQuery, package: str, prefix: str) -> tuple[str | None, list[Finding]]:
+    """(version, findings) for a library that must be installed and importable."""
     lib = q.facts.lib(package)
     if not lib.installed or not lib.version:
-        return None, [f"{package} is not installed"]
+        return None, [finding(f"{prefix}.not_installed", f"{package} is not installed", package=package)]
     if lib.import_status in ("error", "crashed", "timeout"):
         what = lib.import_error or lib.import_status
-        return lib.version, [f"`import {package.replace('-', '_')}` fails ({what})"]
+        return lib.version, [
+            finding(
+                f"{prefix}.import_fails",
+                f"`import {package.replace('-', '_')}` fails ({what})",
+                package=package,
+                version=lib.version,
+                import_status=lib.import_status,
+            )
+        ]
     return lib.version, []
 
 
@@ -165,45 +117,71 @@ class FlashAttn:
     name = "flash_attn"
 
     @staticmethod
-    def validate(q: BackendQuery) -> list[str]:
+    def validate(q: BackendQuery) -> list[Finding]:
         r = rules()["flash_attn"]
         # The hardware reason first: it holds whatever gets installed, so it is the one users need.
-        reasons: list[str] = []
+        out: list[Finding] = []
         if q.rocm:
-            reasons.append(
-                "ROCm: flash-attn is not used on HIP (TabbyAPI compatibility mode sets no_flash_attn)"
+            out.append(
+                finding(
+                    "backend.flash_attn.rocm",
+                    "ROCm: flash-attn is not used on HIP (TabbyAPI compatibility mode sets no_flash_attn)",
+                )
             )
         else:
-            weakest = q.weakest_cc()
-            if weakest and weakest[0] < _cc(r["min_cc"]):
+            weakest = q.weakest()
+            if weakest and weakest[0] < cc_of(r["min_cc"]):
                 cc, gpu = weakest
-                reasons.append(
-                    f"{gpu.name} has compute capability {cc[0]}.{cc[1]} < {r['min_cc']} "
-                    '("FlashAttention only supports Ampere GPUs or newer")'
+                out.append(
+                    finding(
+                        "backend.flash_attn.compute_capability",
+                        f"{gpu.name} has compute capability {cc_text(cc)} < {r['min_cc']} "
+                        '("FlashAttention only supports Ampere GPUs or newer")',
+                        gpu=gpu.name,
+                        compute_capability=cc_text(cc),
+                        min_cc=r["min_cc"],
+                    )
                 )
-        version, missing = _installed(q, r["package"])
-        reasons += missing
+        version, missing = _installed(q, r["package"], "backend.flash_attn")
+        out += missing
         if version is None:
-            return reasons
+            return out
         v = version_of(version)
-        if v is None or _base(v) < Version(r["min_version"]):
-            reasons.append(f"flash-attn {version} < {r['min_version']}: exllamav2 does not use it")
-        features = _details(q, r["package"]).get("features") or flash_features(version)
-        if q.softcap and not features.get("softcap"):
-            reasons.append(
-                f"the model needs logit softcapping: flash-attn >= {r['softcap_version']} required"
+        if v is None or base_release(v) < version_of(r["min_version"]):
+            out.append(
+                finding(
+                    "backend.flash_attn.too_old",
+                    f"flash-attn {version} < {r['min_version']}: exllamav2 does not use it",
+                    version=version,
+                    min_version=r["min_version"],
+                )
             )
-        if q.sliding_window and not features.get("window_size"):
-            reasons.append(
-                f"the model needs sliding-window attention: flash-attn >= {r['window_size_detected_from']} "
-                "required (exllamav2 reads window_size from it)"
-            )
-        return reasons
+        features = _details(q, r["package"]).get("features") or exl2.flash_features(version)
+        for need in q.needs:
+            feature = r["needs"].get(need)
+            if feature and not features.get(feature):
+                since = r["softcap_version"] if feature == "softcap" else r["window_size_detected_from"]
+                code = (
+                    "backend.flash_attn.no_softcap"
+                    if feature == "softcap"
+                    else "backend.flash_attn.no_window"
+                )
+                out.append(
+                    finding(
+                        code,
+                        f"the model needs {_feature(need)}: flash-attn >= {since} required"
+                        + (" (exllamav2 reads window_size from it)" if feature != "softcap" else ""),
+                        feature=need,
+                        version=version,
+                        required=since,
+                    )
+                )
+        return out
 
     @staticmethod
     def paged(q: BackendQuery) -> bool:
         lib = q.facts.lib("flash-attn")
-        features = _details(q, "flash-attn").get("features") or flash_features(lib.version)
+        features = _details(q, "flash-attn").get("features") or exl2.flash_features(lib.version)
         return bool(features.get("paged"))
 
 
@@ -211,78 +189,136 @@ class Xformers:
     name = "xformers"
 
     @staticmethod
-    def validate(q: BackendQuery) -> list[str]:
+    def validate(q: BackendQuery) -> list[Finding]:
         r = rules()["xformers"]
-        exl2 = q.exllamav2_version
-        if exl2 < Version(r["min_exllamav2"]):
-            return [f"exllamav2 {q.exllamav2} has no xformers path (added in {r['min_exllamav2']})"]
+        if not at_least(q.exllamav2, r["min_exllamav2"]):
+            return [
+                finding(
+                    "backend.xformers.exllamav2_too_old",
+                    f"exllamav2 {q.exllamav2} has no xformers path (added in {r['min_exllamav2']})",
+                    exllamav2=q.exllamav2,
+                    since=r["min_exllamav2"],
+                )
+            ]
         # What the model needs first: no xformers release can serve it.
-        reasons: list[str] = []
-        if q.softcap:
-            reasons.append("the model needs logit softcapping, which the xformers path ignores")
-        if q.sliding_window:
-            reasons.append("the model needs sliding-window attention, which the xformers path ignores")
-        version, missing = _installed(q, r["package"])
-        reasons += missing
+        out = [
+            finding(
+                "backend.xformers.ignores_feature",
+                f"the model needs {_feature(need)}, which the xformers path ignores",
+                feature=need,
+            )
+            for need in q.needs
+            if need in r["ignores"]
+        ]
+        version, missing = _installed(q, r["package"], "backend.xformers")
+        out += missing
         if version is None:
-            return reasons
+            return out
         details = _details(q, r["package"])
         release = xformers_release(version)
-        # The mask import exllamav2 performs at `import exllamav2`.
-        wanted = next((row for row in r["mask_import"] if exl2 in SpecifierSet(row["exllamav2"])), None)
+        wanted = exl2.xformers_mask_import(q.exllamav2)  # what `import exllamav2` imports
         if wanted is not None:
-            paths = details.get("import_paths") or {}
-            ok = paths.get(wanted["path"])
+            ok = (details.get("import_paths") or {}).get(wanted)
             if ok is False or (ok is None and release is None):
-                reasons.append(
-                    f"exllamav2 {q.exllamav2} imports {wanted['path']}, which xformers {version} lacks "
-                    "(ImportError breaks `import exllamav2`)"
+                out.append(
+                    finding(
+                        "backend.xformers.mask_import_missing",
+                        f"exllamav2 {q.exllamav2} imports {wanted}, which xformers {version} lacks "
+                        "(ImportError breaks `import exllamav2`)",
+                        path=wanted,
+                        version=version,
+                    )
                 )
         if details.get("has_cpp_library") is False:
             built = (details.get("built_for") or {}).get("torch")
             torch = q.torch_version() or "?"
-            why = (
-                f"built for torch {built}, this is torch {torch}" if built else details.get("cpp_load_error")
-            )
-            reasons.append(f"xformers {version} C++/CUDA ops do not load ({why or 'unknown reason'})")
+            if built:
+                out.append(
+                    finding(
+                        "backend.xformers.cpp_ops_mismatch",
+                        f"xformers {version} C++/CUDA ops do not load (built for torch {built}, "
+                        f"this is torch {torch})",
+                        version=version,
+                        built_for_torch=built,
+                        torch=torch,
+                    )
+                )
+            else:
+                why = details.get("cpp_load_error") or "unknown reason"
+                out.append(
+                    finding(
+                        "backend.xformers.cpp_ops_fail",
+                        f"xformers {version} C++/CUDA ops do not load ({why})",
+                        version=version,
+                    )
+                )
         if details.get("flash_version_error"):
-            reasons.append(f"`import xformers.ops` fails: {details['flash_version_error']}")
+            out.append(
+                finding(
+                    "backend.xformers.flash_import_error",
+                    f"`import xformers.ops` fails: {details['flash_version_error']}",
+                    version=version,
+                )
+            )
         elif release is not None and release.flash_window_enforced:
             flash = q.facts.version_of("flash-attn")
             if flash and not release.accepts_flash_attn(flash):
                 lo, hi = release.flash_window or ("?", "?")
-                reasons.append(
-                    f"xformers {version} raises ImportError with flash-attn {flash} (accepts {lo}..{hi}); "
-                    "this also breaks `import exllamav2`"
+                out.append(
+                    finding(
+                        "backend.xformers.flash_window",
+                        f"xformers {version} raises ImportError with flash-attn {flash} (accepts "
+                        f"{lo}..{hi}); this also breaks `import exllamav2`",
+                        version=version,
+                        flash_attn=flash,
+                        accepts=[lo, hi],
+                    )
                 )
         if q.rocm:
             arches = {g.architecture for g in q.gpus if g.vendor == "amd"}
             bad = sorted(a or "unknown" for a in arches if a not in r["rocm_gfx"])
             if bad:
-                reasons.append(
-                    f"xformers ROCm kernels are built for {', '.join(r['rocm_gfx'])} only, "
-                    f"not {', '.join(bad)}"
+                out.append(
+                    finding(
+                        "backend.xformers.rocm_arch",
+                        f"xformers ROCm kernels are built for {', '.join(r['rocm_gfx'])} only, "
+                        f"not {', '.join(bad)}",
+                        built=r["rocm_gfx"],
+                        gfx=bad,
+                    )
                 )
         elif release is not None:
-            weakest = q.weakest_cc()
-            if weakest and weakest[0] < _cc(release.min_cc):
+            weakest = q.weakest()
+            if weakest and weakest[0] < cc_of(release.min_cc):
                 cc, gpu = weakest
-                reasons.append(
-                    f"xformers {version} no longer supports {gpu.name} (compute capability {cc[0]}.{cc[1]} < "
-                    f"{release.min_cc})"
+                out.append(
+                    finding(
+                        "backend.xformers.compute_capability",
+                        f"xformers {version} no longer supports {gpu.name} (compute capability "
+                        f"{cc_text(cc)} < {release.min_cc})",
+                        version=version,
+                        gpu=gpu.name,
+                        compute_capability=cc_text(cc),
+                        min_cc=release.min_cc,
+                    )
                 )
-        return reasons
+        return out
 
     @staticmethod
-    def warnings(q: BackendQuery) -> list[str]:
+    def warnings(q: BackendQuery) -> list[Finding]:
         release = xformers_release(q.facts.version_of("xformers") or "")
         out = []
         if release and release.cutlass_max_cc:
             newest = max((g.cc for g in q.gpus if g.cc), default=None)
-            if newest and newest > _cc(release.cutlass_max_cc):
+            if newest and newest > cc_of(release.cutlass_max_cc):
                 out.append(
-                    f"xformers {release.version} refuses its cutlass kernel above compute capability "
-                    f"{release.cutlass_max_cc}; only its flash (FA2) op serves these GPUs"
+                    finding(
+                        "backend.xformers.cutlass_max_cc",
+                        f"xformers {release.version} refuses its cutlass kernel above compute capability "
+                        f"{release.cutlass_max_cc}; only its flash (FA2) op serves these GPUs",
+                        version=release.version,
+                        cutlass_max_cc=release.cutlass_max_cc,
+                    )
                 )
         return out
 
@@ -291,37 +327,62 @@ class Sdpa:
     name = "sdpa"
 
     @staticmethod
-    def validate(q: BackendQuery) -> list[str]:
+    def validate(q: BackendQuery) -> list[Finding]:
         r = rules()["sdpa"]
-        exl2 = q.exllamav2_version
-        if exl2 < Version(r["min_exllamav2"]):
-            return [f"exllamav2 {q.exllamav2} has no SDPA path (added in {r['min_exllamav2']})"]
-        reasons = []
-        if exl2 in SpecifierSet(r["broken_exllamav2"]):
-            reasons.append(f"WRONG on exllamav2 {q.exllamav2}: {r['broken_reason']}")
-        torch = q.facts.lib("torch")
-        has_lr = _details(q, "torch").get("has_causal_lower_right")
-        if not torch.installed:
-            reasons.append("torch is not installed")
-        elif not has_lr:
-            reasons.append(
-                f"torch {torch.version} lacks causal_lower_right (needs torch >= {r['torch_min']})"
+        if not at_least(q.exllamav2, r["min_exllamav2"]):
+            return [
+                finding(
+                    "backend.sdpa.exllamav2_too_old",
+                    f"exllamav2 {q.exllamav2} has no SDPA path (added in {r['min_exllamav2']})",
+                    exllamav2=q.exllamav2,
+                    since=r["min_exllamav2"],
+                )
+            ]
+        out = []
+        if in_specifier(q.exllamav2, r["broken_exllamav2"]):
+            out.append(
+                finding(
+                    "backend.sdpa.causal_defect",
+                    f"WRONG on exllamav2 {q.exllamav2}: {r['broken_reason']}",
+                    exllamav2=q.exllamav2,
+                    broken=r["broken_exllamav2"],
+                    defect=r["broken_reason"],
+                )
             )
-        if q.softcap:
-            reasons.append("the model needs logit softcapping, which exllamav2's SDPA path skips")
-        return reasons
+        torch = q.facts.lib("torch")
+        if not torch.installed:
+            out.append(finding("backend.sdpa.torch_missing", "torch is not installed"))
+        elif not _details(q, "torch").get("has_causal_lower_right"):
+            out.append(
+                finding(
+                    "backend.sdpa.no_lower_right",
+                    f"torch {torch.version} lacks causal_lower_right (needs torch >= {r['torch_min']})",
+                    torch=torch.version,
+                    torch_min=r["torch_min"],
+                )
+            )
+        out += [
+            finding(
+                "backend.sdpa.ignores_feature",
+                f"the model needs {_feature(need)}, which exllamav2's SDPA path skips",
+                feature=need,
+            )
+            for need in q.needs
+            if need in r["ignores"]
+        ]
+        return out
 
 
 class Matmul:
     name = "matmul"
 
     @staticmethod
-    def validate(q: BackendQuery) -> list[str]:
+    def validate(q: BackendQuery) -> list[Finding]:
         return []
 
 
 REGISTRY: dict[str, Any] = {cls.name: cls for cls in (FlashAttn, Xformers, Sdpa, Matmul)}
-assert tuple(REGISTRY) == BACKENDS
+assert set(REGISTRY) == set(exl2.BACKENDS)
 
 
 # ------------------------------------------------------------------------------------------------ ranking
@@ -333,59 +394,50 @@ class Selection:
 
     backend: str
     valid: list[str]  # in precedence order
-    rejected: dict[str, list[str]]  # backend -> reasons
+    rejected: dict[str, list[Finding]]  # backend -> why not
     forced: bool = False
     paged: bool = False
     switches: dict[str, bool] = field(default_factory=dict)  # no_flash_attn, no_xformers, no_sdpa
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[Finding] = field(default_factory=list)
 
 
 def check_name(name: str) -> str:
-    key = name.strip().lower().replace("-", "_")
-    key = {"flash": "flash_attn", "flashattn": "flash_attn", "torch": "sdpa", "eager": "matmul"}.get(key, key)
-    if key not in REGISTRY:
-        raise UsageError(f"unknown backend {name!r}; valid options are: {', '.join(BACKENDS)}, auto")
+    key = exl2.normalise_backend(name)
+    if key is None:
+        raise UsageError(f"unknown backend {name!r}; valid options are: {', '.join(exl2.BACKENDS)}, auto")
     return key
 
 
-def switches_for(choice: str, rejected: dict[str, list[str]]) -> dict[str, bool]:
-    """exllamav2's `no_*` switches that make its precedence (flash -> xformers -> sdpa -> matmul) land on
-    `choice`: every backend ranked above it is switched off, and so is any invalid one below it, because
-    exllamav2 still falls back to those for padded (non-causal) batches."""
-    rank = BACKENDS.index(choice)
-    switch = {"flash_attn": "no_flash_attn", "xformers": "no_xformers", "sdpa": "no_sdpa"}
-    return {
-        flag: (BACKENDS.index(name) < rank or name in rejected) and name != choice
-        for name, flag in switch.items()
-    }
-
-
 def select(q: BackendQuery, forced: str | None = None) -> Selection:
-    """The best valid backend (or the forced one, refused with its reasons when invalid)."""
-    rejected: dict[str, list[str]] = {}
+    """The best valid backend in exllamav2's precedence (or the forced one, refused when invalid)."""
+    rejected: dict[str, list[Finding]] = {}
     valid: list[str] = []
-    for name, backend in REGISTRY.items():
-        reasons = backend.validate(q)
-        if reasons:
-            rejected[name] = reasons
+    for name in exl2.BACKENDS:
+        findings = REGISTRY[name].validate(q)
+        if findings:
+            rejected[name] = findings
         else:
             valid.append(name)
     if forced is not None:
         choice = check_name(forced)
         if choice in rejected:
-            raise BackendRefusedError(f"backend {choice} is not valid here: {'; '.join(rejected[choice])}")
+            raise BackendRefusedError(f"backend {choice} is not valid here: {messages(rejected[choice])}")
     else:
         choice = valid[0]  # matmul is always valid
     warnings = list(Xformers.warnings(q)) if choice == "xformers" else []
     if choice == "matmul":
-        warnings.append("matmul attention: " + rules()["matmul"]["fp16_note"])
-    if q.rocm and choice == "sdpa":
-        warnings.append("SDPA on ROCm: " + rules()["sdpa"]["rocm_note"])
-    flash = q.facts.lib("flash-attn")
-    if flash.installed and flash.import_status in ("error", "crashed", "timeout"):
         warnings.append(
-            "flash-attn is installed but its import fails: that breaks `import exllamav2` itself; the "
-            "profile sets EXLLAMA_NO_FLASH_ATTN before the import (or uninstall flash-attn)"
+            finding("backend.matmul.fp16_softmax", "matmul attention: " + rules()["matmul"]["fp16_note"])
+        )
+    if q.rocm and choice == "sdpa":
+        warnings.append(finding("backend.sdpa.rocm", "SDPA on ROCm: " + rules()["sdpa"]["rocm_note"]))
+    if has_code(rejected.get("flash_attn", []), "backend.flash_attn.import_fails"):
+        warnings.append(
+            finding(
+                "backend.flash_attn.import_breaks_exllamav2",
+                "flash-attn is installed but its import fails: that breaks `import exllamav2` itself; the "
+                "profile sets EXLLAMA_NO_FLASH_ATTN before the import (or uninstall flash-attn)",
+            )
         )
     return Selection(
         backend=choice,
@@ -393,6 +445,6 @@ def select(q: BackendQuery, forced: str | None = None) -> Selection:
         rejected=rejected,
         forced=forced is not None,
         paged=choice == "flash_attn" and FlashAttn.paged(q),
-        switches=switches_for(choice, rejected),
+        switches=exl2.switches_for(choice, invalid=frozenset(rejected)),
         warnings=warnings,
     )

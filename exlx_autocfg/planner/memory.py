@@ -20,24 +20,12 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
+from exlx_autocfg import exl2
 from exlx_autocfg.model.spec import ModelSpec
 
 MiB = 1024**2
 
-CACHE_MODES: tuple[str, ...] = ("FP16", "Q8", "Q6", "Q4")  # most precise first; FP8 is refused by the
-# dynamic generator (dynamic.py asserts not ExLlamaV2Cache_8bit) and TabbyAPI does not offer it.
-
-# cache.py: (bytes per stored element, K weights per element, V weights per element, has scales)
-_CACHE_LAYOUT: dict[str, tuple[int, int, int, bool]] = {
-    "FP16": (2, 1, 1, False),  # ExLlamaV2Cache: torch.half, 1, 1
-    "Q8": (1, 1, 1, True),  # ExLlamaV2Cache_Q8: uint8, weights_per_byte 1, 1
-    "Q6": (1, 1, 2, True),  # ExLlamaV2Cache_Q6: K at 8 bits, V at 4 bits (1, 2)
-    "Q4": (1, 2, 2, True),  # ExLlamaV2Cache_Q4: 2, 2
-}
-Q_CACHE_BLOCKSIZE_Q = 512  # cache.py ExLlamaV2Cache_Q.__init__
-PAGED_PAGE_SIZE = 256  # generator/dynamic.py: the paged cache and unpaged chunking work in 256-token pages
 MAX_DQ_SIZE = 512 * 1024**2  # config.py max_dq_size: elements a linear may dequantize at once
-BACKENDS: tuple[str, ...] = ("flash_attn", "xformers", "sdpa", "matmul")
 
 
 @dataclass(frozen=True)
@@ -81,13 +69,6 @@ def autosplit_reserve_bytes(num_devices: int, overheads: Overheads = DEFAULT_OVE
 # --------------------------------------------------------------------------------------------------
 
 
-def _check_mode(mode: str) -> tuple[int, int, int, bool]:
-    try:
-        return _CACHE_LAYOUT[mode]
-    except KeyError:
-        raise ValueError(f"cache mode must be one of {', '.join(CACHE_MODES)}, got {mode!r}") from None
-
-
 def _layer_count(spec: ModelSpec, layers: int | Iterable[int] | None) -> int:
     if layers is None:
         return spec.num_hidden_layers
@@ -105,7 +86,8 @@ def kv_cache_bytes(
     for Q modes, two (batch, seq_len, Hkv, head_dim // 32) fp16 scale tensors. The Q classes round their
     max_seq_len attribute up to q_block only after allocating, so the unrounded seq_len sizes the tensors.
     """
-    elem, wk, wv, scales = _check_mode(mode)
+    layout = exl2.cache_layout(mode)
+    elem, wk, wv, scales = layout.element_bytes, layout.k_per_element, layout.v_per_element, layout.scales
     d = spec.head_dim
     per_token_head = (d // wk + d // wv) * elem + (2 * (d // 32) * 2 if scales else 0)
     return _layer_count(spec, layers) * batch_size * seq_len * spec.num_key_value_heads * per_token_head
@@ -113,7 +95,7 @@ def kv_cache_bytes(
 
 def kv_staging_bytes(spec: ModelSpec, mode: str, seq_len: int, batch_size: int = 1) -> int:
     """The FP16 K/V pair a quantized cache keeps on each device holding attention layers (touch_device)."""
-    _check_mode(mode)
+    exl2.cache_layout(mode)  # validates the mode
     if mode == "FP16":
         return 0
     return 2 * batch_size * seq_len * spec.num_key_value_heads * spec.head_dim * 2
@@ -127,7 +109,7 @@ def kv_cache_bytes_per_token(spec: ModelSpec, mode: str) -> int:
 def q_block(spec: ModelSpec) -> int:
     """Tokens per quantization block of a Q cache (cache.py): 1 unless Hkv*head_dim % 512 != 0."""
     kv_dim = spec.num_key_value_heads * spec.head_dim
-    return Q_CACHE_BLOCKSIZE_Q // math.gcd(kv_dim, Q_CACHE_BLOCKSIZE_Q)
+    return exl2.Q_BLOCK_SIZE // math.gcd(kv_dim, exl2.Q_BLOCK_SIZE)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -385,8 +367,8 @@ def attention_transient_bytes(
                   torch.matmul makes of non-contiguous operands when batch > 1
     Checked byte for byte against the real `_attn_torch` on CPU (tests/test_memory_transients.py).
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend not in exl2.BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(exl2.BACKENDS)}, got {backend!r}")
     if path not in ("dynamic", "forward"):
         raise ValueError("path must be 'dynamic' or 'forward'")
     heads, kvh, d = spec.num_attention_heads, spec.num_key_value_heads, spec.head_dim

@@ -1,35 +1,37 @@
-"""The Plan: every decision the planner makes, the arithmetic behind it and the reasons.
+"""The Plan: the settings the planner decides, with their context (GPUs, model, memory) and the reasons.
 
-`exlx_autocfg.planner.core.plan(facts, model, **request) -> Plan` produces it (pure). Profiles store it,
-`apply` realises it, `emit` renders it for other tools. `Plan.to_dict()` is the `plan --json` document
-(schema documented in docs/plan-json.md).
+`exlx_autocfg.planner.core.plan(facts, model, **request) -> Plan` produces it (pure). The profile stores
+its `settings` record, the loader applies them, the emitters render them. `Plan.to_dict()` is the
+`plan --json` document (schema documented in docs/plan-json.md).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
+from exlx_autocfg.findings import Finding, messages
 from exlx_autocfg.model.spec import ModelSummary
 from exlx_autocfg.serde import from_data, to_data
+from exlx_autocfg.settings import Settings
 
-PLAN_SCHEMA = 1
-
-Backend = Literal["flash_attn", "xformers", "sdpa", "matmul"]
-CacheMode = Literal["FP16", "Q8", "Q6", "Q4"]
-BACKENDS: tuple[str, ...] = ("flash_attn", "xformers", "sdpa", "matmul")  # exllamav2's own precedence
-CACHE_MODES: tuple[str, ...] = ("FP16", "Q8", "Q6", "Q4")  # most precise first
+PLAN_SCHEMA = 2
 
 
 @dataclass
 class Reason:
-    """One decision, what was chosen, why, and why each alternative was not."""
+    """One decision: what was chosen, why (coded), and why each alternative was not."""
 
     decision: str  # "backend", "cache_mode", "max_seq_len", "chunk_size", "gpu_split", ...
     choice: str
+    code: str  # exlx_autocfg.findings.CODES
     why: str
-    rejected: dict[str, str] = field(default_factory=dict)  # alternative -> why not
+    evidence: dict[str, Any] = field(default_factory=dict)
+    rejected: dict[str, list[Finding]] = field(default_factory=dict)  # alternative -> why not
+
+    def rejected_text(self, alternative: str) -> str:
+        return messages(self.rejected.get(alternative, []))
 
 
 @dataclass
@@ -63,25 +65,13 @@ class DeviceMemory:
 @dataclass
 class Plan:
     model: ModelSummary
-    gpus: list[PlanGPU]
-    backend: str  # one of BACKENDS
-    cache_mode: str  # one of CACHE_MODES
-    max_seq_len: int
-    chunk_size: int  # = exllamav2 max_input_len
-    max_attention_size: int
-    max_batch_size: int = 1
-    paged: bool = False  # dynamic generator paged mode (needs flash-attn >= 2.5.7)
-    no_flash_attn: bool = False
-    no_xformers: bool = False
-    no_sdpa: bool = False
-    gpu_split: list[float] | None = None  # GB per GPU (exllamav2's unit), in CUDA order; None = one GPU
-    autosplit: bool = False
-    autosplit_reserve_bytes: list[int] = field(default_factory=list)
+    gpus: list[PlanGPU]  # the GPUs in use, in CUDA order (the order of settings.gpu_split)
+    settings: Settings
     kv_cache_bytes_per_token: dict[str, int] = field(default_factory=dict)  # per cache mode
     max_seq_len_by_cache_mode: dict[str, int] = field(default_factory=dict)  # 0 = does not fit
     memory: list[DeviceMemory] = field(default_factory=list)
     reasons: list[Reason] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[Finding] = field(default_factory=list)
     request: dict[str, Any] = field(default_factory=dict)  # the options the user gave
     computed_for: dict[str, Any] = field(default_factory=dict)  # library versions/tags, exllamav2, what_if
     tool_version: str = ""

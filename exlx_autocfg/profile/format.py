@@ -12,10 +12,10 @@ same directory, is fsynced and renamed over the target, so readers see either th
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import hashlib
-import math
 import os
 import re
 import sys
@@ -31,46 +31,21 @@ import tomli_w
 from exlx_autocfg.atomic import write_text_atomic
 from exlx_autocfg.errors import ProfileError
 from exlx_autocfg.facts.types import Facts
-from exlx_autocfg.planner.types import BACKENDS, CACHE_MODES, Plan, Reason
+from exlx_autocfg.findings import Finding
+from exlx_autocfg.planner.types import Plan, Reason
 from exlx_autocfg.serde import from_data, to_data
+from exlx_autocfg.settings import Settings, SettingsError, validate_settings
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-PROFILE_SCHEMA = 1
+PROFILE_SCHEMA = 2
 
 # The libraries whose version, build and import state decide which attention backend exllamav2 can use
 # (exllamav2/attn.py imports flash_attn, xformers.ops and torch's causal_lower_right at import time).
 TRACKED_LIBRARIES: tuple[str, ...] = ("torch", "xformers", "flash-attn", "exllamav2")
-
-# The exllamav2 dynamic generator needs a cache length that is a whole number of 256-token pages, and in
-# paged mode a chunk size that is too (exllamav2/generator/dynamic.py, PAGED_PAGE_SIZE and its asserts).
-PAGE_SIZE = 256
-
-# The switches that turn each backend off, in exllamav2's precedence (attn.py; config.py L184-188).
-BACKEND_SWITCH = {"flash_attn": "no_flash_attn", "xformers": "no_xformers", "sdpa": "no_sdpa"}
-
-
-@dataclass
-class Settings:
-    """What the loader applies: ExLlamaV2Config fields, the cache class, the split and the generator mode."""
-
-    backend: str  # one of BACKENDS; realised by the no_* switches below
-    cache_mode: str  # one of CACHE_MODES
-    max_seq_len: int
-    max_input_len: int  # the chunk size
-    max_attention_size: int
-    max_batch_size: int = 1
-    paged: bool = False  # dynamic generator paged mode (flash-attn >= 2.5.7 only)
-    no_flash_attn: bool = False
-    no_xformers: bool = False
-    no_sdpa: bool = False
-    gpu_split: list[float] | None = None  # GB of weights per GPU in CUDA order (exllamav2's manual split)
-    autosplit: bool = False
-    reserve_bytes: list[int] = field(default_factory=list)  # autosplit reserve_vram per CUDA device
-
 
 @dataclass
 class GPUStamp:
@@ -122,7 +97,7 @@ class Profile:
     settings: Settings
     computed_for: ComputedFor
     reasons: list[Reason] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[Finding] = field(default_factory=list)
     request: dict[str, Any] = field(default_factory=dict)
     tool_version: str = ""
     created: str = ""  # ISO 8601 UTC
@@ -131,24 +106,6 @@ class Profile:
 
 # ---------------------------------------------------------------------------------------------------------
 # Building a profile from a plan and the facts it was made from (pure)
-
-
-def settings_from_plan(plan: Plan) -> Settings:
-    return Settings(
-        backend=plan.backend,
-        cache_mode=plan.cache_mode,
-        max_seq_len=plan.max_seq_len,
-        max_input_len=plan.chunk_size,
-        max_attention_size=plan.max_attention_size,
-        max_batch_size=plan.max_batch_size,
-        paged=plan.paged,
-        no_flash_attn=plan.no_flash_attn,
-        no_xformers=plan.no_xformers,
-        no_sdpa=plan.no_sdpa,
-        gpu_split=list(plan.gpu_split) if plan.gpu_split is not None else None,
-        autosplit=plan.autosplit,
-        reserve_bytes=list(plan.autosplit_reserve_bytes),
-    )
 
 
 def stamp_libraries(facts: Facts) -> dict[str, LibraryStamp]:
@@ -213,10 +170,10 @@ def profile_from_plan(plan: Plan, facts: Facts, *, created: str | None = None) -
     )
     used = {g.index for g in plan.gpus}
     return Profile(
-        settings=settings_from_plan(plan),
+        settings=copy.deepcopy(plan.settings),
         computed_for=computed_for_facts(facts, model, used),
-        reasons=[dataclasses.replace(r, rejected=dict(r.rejected)) for r in plan.reasons],
-        warnings=list(plan.warnings),
+        reasons=copy.deepcopy(plan.reasons),
+        warnings=copy.deepcopy(plan.warnings),
         request={k: v for k, v in plan.request.items() if v is not None},
         tool_version=plan.tool_version or _tool_version(),
         created=created or datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -271,6 +228,9 @@ def parse_profile(text: str, source: str = "<profile>") -> Profile:
     except tomllib.TOMLDecodeError as exc:
         raise ProfileError(f"profile {source}: not valid TOML: {exc}") from None
     schema = data.get("schema")
+    if schema == 1:
+        data = _from_schema_1(data)
+        schema = PROFILE_SCHEMA
     if schema is not None and schema != PROFILE_SCHEMA:
         raise ProfileError(
             f"profile {source}: schema: version {schema!r} is not supported "
@@ -290,6 +250,29 @@ def parse_profile(text: str, source: str = "<profile>") -> Profile:
     except ProfileError as exc:
         raise ProfileError(f"profile {source}: {exc.message}", hint=exc.hint) from None
     return profile
+
+
+def _from_schema_1(data: dict[str, Any]) -> dict[str, Any]:
+    """A schema-1 profile (exlx-autocfg 0.1.0: reasons and warnings as plain text) read as schema 2: the same
+    settings and computed-for, its texts kept under the code `legacy.text`."""
+
+    def coded(text: Any) -> Any:
+        return {"code": "legacy.text", "message": text} if isinstance(text, str) else text
+
+    out = {**data, "schema": PROFILE_SCHEMA}
+    if isinstance(data.get("warnings"), list):
+        out["warnings"] = [coded(w) for w in data["warnings"]]
+    if isinstance(data.get("reasons"), list):
+        reasons = []
+        for r in data["reasons"]:
+            if isinstance(r, dict):
+                r = {"code": "legacy.text", **r}
+                rejected = r.get("rejected")
+                if isinstance(rejected, dict):
+                    r["rejected"] = {k: [coded(v)] if isinstance(v, str) else v for k, v in rejected.items()}
+            reasons.append(r)
+        out["reasons"] = reasons
+    return out
 
 
 def read_profile(path: str | os.PathLike[str]) -> Profile:
@@ -325,57 +308,13 @@ def validate_profile(profile: Profile) -> None:
     """Semantic checks on top of the types; raises `ProfileError` naming the first bad key."""
     if profile.schema != PROFILE_SCHEMA:
         _bad("schema", f"version {profile.schema!r} is not supported (this tool reads {PROFILE_SCHEMA})")
-    validate_settings(profile.settings)
+    try:
+        validate_settings(profile.settings)
+    except SettingsError as exc:
+        _bad(f"settings.{exc.key}", exc.problem)
     for i, g in enumerate(profile.computed_for.gpus):
         if g.memory_total < 0:
             _bad(f"computed_for.gpus[{i}].memory_total", f"must not be negative, got {g.memory_total}")
-
-
-def validate_settings(s: Settings) -> None:
-    """What ExLlamaV2 and its dynamic generator accept, and switches that realise the backend."""
-    if s.backend not in BACKENDS:
-        _bad("settings.backend", f"{s.backend!r} is not one of {', '.join(BACKENDS)}")
-    if s.cache_mode not in CACHE_MODES:
-        _bad("settings.cache_mode", f"{s.cache_mode!r} is not one of {', '.join(CACHE_MODES)}")
-    for key in ("max_seq_len", "max_input_len", "max_attention_size", "max_batch_size"):
-        value = getattr(s, key)
-        if value <= 0:
-            _bad(f"settings.{key}", f"must be a positive integer, got {value}")
-    if s.max_seq_len % PAGE_SIZE:
-        _bad(
-            "settings.max_seq_len",
-            f"{s.max_seq_len} is not a multiple of {PAGE_SIZE} (exllamav2's dynamic generator needs whole "
-            f"{PAGE_SIZE}-token pages; try {max(PAGE_SIZE, s.max_seq_len // PAGE_SIZE * PAGE_SIZE)})",
-        )
-    if s.paged:
-        if s.backend != "flash_attn":
-            _bad("settings.paged", f"needs backend 'flash_attn', the profile's backend is {s.backend!r}")
-        if s.max_input_len % PAGE_SIZE:
-            _bad("settings.max_input_len", f"{s.max_input_len} is not a multiple of {PAGE_SIZE} (paged mode)")
-    # The switches must realise the backend: every backend ahead of it in exllamav2's precedence is off,
-    # its own switch is on (attn.py forward: flash, then xformers, then SDPA, then matmul).
-    for backend in BACKENDS:
-        switch = BACKEND_SWITCH.get(backend)
-        if backend == s.backend:
-            if switch and getattr(s, switch):
-                _bad(f"settings.{switch}", f"is true, which turns off the profile's backend {s.backend!r}")
-            break
-        if not getattr(s, switch):
-            _bad(
-                f"settings.{switch}",
-                f"must be true for backend {s.backend!r} (otherwise exllamav2 prefers {backend})",
-            )
-    if s.gpu_split is not None:
-        if s.autosplit:
-            _bad("settings.gpu_split", "cannot be combined with autosplit = true")
-        if not s.gpu_split:
-            _bad("settings.gpu_split", "must list at least one GPU (or be removed)")
-        for i, gb in enumerate(s.gpu_split):
-            if not math.isfinite(gb) or gb < 0:
-                _bad(f"settings.gpu_split[{i}]", f"must be a finite number >= 0, got {gb}")
-    for i, b in enumerate(s.reserve_bytes):
-        if b < 0:
-            _bad(f"settings.reserve_bytes[{i}]", f"must not be negative, got {b}")
 
 
 def _bad(key: str, message: str) -> typing.NoReturn:

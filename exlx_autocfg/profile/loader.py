@@ -22,43 +22,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from exlx_autocfg import exl2
 from exlx_autocfg.errors import ExlxError, ModelSpecError, StaleProfileError, UsageError
 from exlx_autocfg.facts.types import Facts
-from exlx_autocfg.planner import backends
-from exlx_autocfg.planner.types import BACKENDS
 from exlx_autocfg.profile.format import (
     Profile,
-    ProfileError,
-    Settings,
     default_profile_path,
     machine_identity,
     profile_from_plan,
     read_profile,
-    validate_settings,
     write_profile,
 )
 from exlx_autocfg.profile.staleness import Change, find_changes
+from exlx_autocfg.settings import Settings, SettingsError, validate_settings
 
 ON_STALE = ("replan", "refuse", "warn")
 
-# Settings field -> the env switch exllamav2 reads at import (attn.py) and in ExLlamaV2Config() (config.py).
-ENV_SWITCHES = {
-    "no_flash_attn": "EXLLAMA_NO_FLASH_ATTN",
-    "no_xformers": "EXLLAMA_NO_XFORMERS",
-    "no_sdpa": "EXLLAMA_NO_SDPA",
-}
-# Backend -> the module-level flag in exllamav2.attn that says it was importable.
-BACKEND_FLAG = {"flash_attn": "has_flash_attn", "xformers": "has_xformers", "sdpa": "has_lower_right_sdpa"}
-BACKEND_LIBRARY = {
-    "flash_attn": "flash-attn >= 2.2.1",
-    "xformers": "xformers with attn_bias.LowerTriangularFromBottomRightMask",
-    "sdpa": "torch >= 2.4 (causal_lower_right)",
-}
-# Cache mode -> exllamav2 cache class (exllamav2/__init__.py exports them all).
-CACHE_CLASSES = {"FP16": "ExLlamaV2Cache", "Q8": "ExLlamaV2Cache_Q8", "Q6": "ExLlamaV2Cache_Q6",
-                 "Q4": "ExLlamaV2Cache_Q4"}
-# exllamav2's own autosplit reserves for devices the plan did not list (model.py load_autosplit_gen).
-DEFAULT_RESERVE_FIRST, DEFAULT_RESERVE_OTHER = 192 * 1024**2, 64 * 1024**2
+
+def _backend_library(backend: str) -> str:
+    """What makes a backend importable for exllamav2 (attn.py L33-81), for "did not import" messages."""
+    r = exl2.backend_rules()
+    return {
+        "flash_attn": f"flash-attn >= {r['flash_attn']['min_version']}",
+        "xformers": f"xformers with {exl2.xformers_mask_import(None) or 'its mask classes'}",
+        "sdpa": f"torch >= {r['sdpa']['torch_min']} (causal_lower_right)",
+        "paged": f"flash-attn >= {r['flash_attn']['paged_min_version']}",
+    }[backend]
 
 
 REFUSED_HINT = ("re-plan with `exlx-autocfg profile`, or let the loader re-plan: on_stale='replan' "
@@ -168,30 +157,32 @@ def prepare(
     if overrides:
         notes.append("overrides: " + ", ".join(f"{k}={v!r}" for k, v in sorted(overrides.items())))
 
-    exl2, import_problem = _import_exllamav2(settings, notes)
-    config = _build_config(exl2, model_dir, settings, notes)
+    module, import_problem = _import_exllamav2(settings, notes)
+    config = _build_config(module, model_dir, settings, notes)
     attn = sys.modules["exllamav2.attn"]
     backend = effective_backend(attn, config)
     paged = settings.paged
+    flags = exl2.ImportFlags.from_module(attn)
     problem = import_problem
     if problem is None and backend != settings.backend:
         problem = (f"exllamav2 would run attention with {backend}, not the profile's {settings.backend}: "
                    f"{_why_not(settings.backend, config)}")
-    if problem is None and paged and not attn.has_flash_attn_with_paged:
-        problem = "the profile's paged mode needs flash-attn >= 2.5.7, and exllamav2 found no paged attention"
+    if problem is None and paged and not flags.flash_paged:
+        problem = (f"the profile's paged mode needs {_backend_library('paged')}, and exllamav2 found no "
+                   "paged attention")
     if problem is not None:
         if on_stale != "warn":
             raise LoaderError(problem, hint=(
                 "call exlx_autocfg.prepare() before importing exllamav2, or start a new process"
                 if import_problem else "re-plan: `exlx-autocfg profile` (on_stale='warn' runs anyway)"))
-        if paged and not attn.has_flash_attn_with_paged:
+        if paged and not flags.flash_paged:
             paged = False
             problem += "; running unpaged"
         notes.append(problem)
         warnings.warn(problem, StaleProfileWarning, stacklevel=2)
     return Prepared(
         config=config,
-        cache_class=getattr(exl2, CACHE_CLASSES[settings.cache_mode]),
+        cache_class=getattr(module, settings.cache_class),
         profile=prof,
         profile_path=path,
         settings=settings,
@@ -257,50 +248,39 @@ def apply_overrides(settings: Settings, overrides: dict[str, Any]) -> Settings:
         return settings
     changes = dict(overrides)
     if "backend" in changes:
-        for key, value in switches_for(changes["backend"]).items():
+        backend = exl2.normalise_backend(str(changes["backend"])) or str(changes["backend"])
+        if backend not in exl2.BACKENDS:
+            raise UsageError(f"backend: {changes['backend']!r} is not one of {', '.join(exl2.BACKENDS)}")
+        changes["backend"] = backend
+        for key, value in exl2.switches_for(backend).items():
             changes.setdefault(key, value)
     if changes.get("paged") is False or changes.get("backend", "flash_attn") != "flash_attn":
         changes.setdefault("paged", False)
     new = dataclasses.replace(settings, **changes)
     try:
         validate_settings(new)
-    except ProfileError as exc:
-        raise UsageError(f"override {exc.message}") from None
+    except SettingsError as exc:
+        raise UsageError(f"override settings.{exc.key}: {exc.problem}") from None
     return new
 
 
-def switches_for(backend: str) -> dict[str, bool]:
-    """The no_* switches that make exllamav2 pick `backend`: every backend ahead of it off, its own on."""
-    if backend not in BACKENDS:
-        raise UsageError(f"backend: {backend!r} is not one of {', '.join(BACKENDS)}")
-    return backends.switches_for(backend, rejected={})
-
-
-def env_switches(settings: Settings) -> dict[str, bool]:
-    """Env var -> whether it must be present for `settings` (presence is what exllamav2 tests)."""
-    return {var: bool(getattr(settings, key)) for key, var in ENV_SWITCHES.items()}
-
-
 def effective_backend(attn: Any, config: Any) -> str:
-    """The backend exllamav2's causal forward picks with this config (attn.py `forward` and `_attn_torch`)."""
-    if attn.has_flash_attn and not config.no_flash_attn:
-        return "flash_attn"
-    if attn.has_xformers and not config.no_xformers:
-        return "xformers"
-    if attn.has_lower_right_sdpa and not config.no_sdpa and not config.attn_logit_softcapping:
-        return "sdpa"
-    return "matmul"
+    """The backend exllamav2's causal forward picks with this config (after arch_compat_overrides)."""
+    switches = {s: bool(getattr(config, s)) for s in exl2.SWITCHES}
+    return exl2.lands_on(switches, exl2.ImportFlags.from_module(attn),
+                         softcap=bool(config.attn_logit_softcapping))
 
 
 def _why_not(backend: str, config: Any) -> str:
     if backend == "matmul":
         return "a faster backend is still enabled in the config"
     attn = sys.modules["exllamav2.attn"]
-    switch = {"flash_attn": "no_flash_attn", "xformers": "no_xformers", "sdpa": "no_sdpa"}[backend]
+    switch = exl2.SWITCH[backend]
     if getattr(config, switch):
         return f"config.{switch} is set (arch_compat_overrides or the model's architecture turned it off)"
-    if not getattr(attn, BACKEND_FLAG[backend]):
-        return f"exllamav2.attn.{BACKEND_FLAG[backend]} is False: {BACKEND_LIBRARY[backend]} did not import"
+    flag = exl2.IMPORT_FLAG[backend]
+    if not getattr(attn, flag):
+        return f"exllamav2.attn.{flag} is False: {_backend_library(backend)} did not import"
     if backend == "sdpa" and config.attn_logit_softcapping:
         return "the model uses logit softcapping, which exllamav2 runs only with flash-attn or matmul"
     return "a backend ahead of it in exllamav2's precedence is enabled"
@@ -312,7 +292,8 @@ def _import_exllamav2(settings: Settings, notes: list[str]) -> tuple[Any, str | 
     if "exllamav2.attn" in sys.modules:
         notes.append("exllamav2 was already imported; its backends were checked against the profile")
         return sys.modules["exllamav2"], _already_imported_problem(sys.modules["exllamav2.attn"], settings)
-    for var, present in env_switches(settings).items():
+    for var, value in settings.env.items():
+        present = value is not None
         if present and var not in os.environ:
             os.environ[var] = "1"
             notes.append(f"set {var}")
@@ -338,21 +319,20 @@ def _already_imported_problem(attn: Any, settings: Settings) -> str | None:
     if settings.paged:
         needed.append("paged")
     for b in needed:
-        flag = "has_flash_attn_with_paged" if b == "paged" else BACKEND_FLAG[b]
+        flag = exl2.PAGED_IMPORT_FLAG if b == "paged" else exl2.IMPORT_FLAG[b]
         if getattr(attn, flag, False):
             continue
-        var = ENV_SWITCHES["no_" + ("flash_attn" if b == "paged" else b)]
-        library = BACKEND_LIBRARY.get(b, "flash-attn >= 2.5.7")
-        cause = f"{var} was set" if var in os.environ else f"{library} did not import"
+        var = exl2.ENV[exl2.SWITCH["flash_attn" if b == "paged" else b]]
+        cause = f"{var} was set" if var in os.environ else f"{_backend_library(b)} did not import"
         what = "paged mode" if b == "paged" else f"backend {settings.backend!r}"
         return (f"exllamav2 was imported before the profile was applied and {cause}, so "
                 f"exllamav2.attn.{flag} is False: the profile's {what} cannot run in this process")
     return None
 
 
-def _build_config(exl2: Any, model_dir: Path, settings: Settings, notes: list[str]) -> Any:
+def _build_config(module: Any, model_dir: Path, settings: Settings, notes: list[str]) -> Any:
     try:
-        config = exl2.ExLlamaV2Config(str(model_dir))
+        config = module.ExLlamaV2Config(str(model_dir))
     except Exception as exc:  # exllamav2 reports bad model dirs with asserts and KeyErrors
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ModelSpecError(f"exllamav2 cannot read the model in {model_dir}: {first}") from None
@@ -360,10 +340,9 @@ def _build_config(exl2: Any, model_dir: Path, settings: Settings, notes: list[st
     config.max_input_len = settings.max_input_len
     config.max_attention_size = settings.max_attention_size
     config.max_batch_size = settings.max_batch_size
-    config.no_flash_attn = settings.no_flash_attn
-    config.no_xformers = settings.no_xformers
-    config.no_sdpa = settings.no_sdpa
-    before = {k: getattr(config, k) for k in ENV_SWITCHES}
+    for switch, value in settings.switches.items():
+        setattr(config, switch, value)
+    before = {k: getattr(config, k) for k in exl2.SWITCHES}
     config.arch_compat_overrides(quiet=True)  # hosts must call it (examples and TabbyAPI do)
     for key, was in before.items():
         if getattr(config, key) != was:
@@ -375,7 +354,7 @@ def _reserves(reserve: list[int] | None, device_count: int) -> list[int] | None:
     """The planned reserves padded with exllamav2's defaults to every device (it indexes them by device)."""
     if not reserve:
         return None
-    defaults = [DEFAULT_RESERVE_FIRST] + [DEFAULT_RESERVE_OTHER] * max(device_count - 1, 0)
+    defaults = [exl2.DEFAULT_RESERVE_FIRST] + [exl2.DEFAULT_RESERVE_OTHER] * max(device_count - 1, 0)
     return [*reserve[:device_count], *defaults[len(reserve):device_count]]
 
 

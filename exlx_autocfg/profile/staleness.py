@@ -31,6 +31,7 @@ class Change:
     kind: str  # "gpu" | "vram" | "library" | "model"
     subject: str  # "GPU 0", "xformers", "model"
     message: str  # one line, complete on its own
+    code: str = ""  # exlx_autocfg.findings.CODES: stale.*
 
     def __str__(self) -> str:
         return self.message
@@ -59,15 +60,16 @@ def compare(old: ComputedFor, new: ComputedFor, *, model_dir_exists: bool = True
 
 def _model_changes(old: ModelStamp, new: ModelStamp, dir_exists: bool) -> list[Change]:
     if old.dir and not dir_exists:
-        return [Change("model", "model", f"model directory {old.dir} no longer exists")]
+        return [Change("model", "model", f"model directory {old.dir} no longer exists", "stale.model.gone")]
     if old.fingerprint and new.fingerprint and old.fingerprint != new.fingerprint:
         if old.dir and new.dir and os.path.normpath(old.dir) != os.path.normpath(new.dir):
             return [Change("model", "model",
                            f"the profile was computed for another model: {old.name} in {old.dir}, "
-                           f"not {new.dir}")]
+                           f"not {new.dir}", "stale.model.other")]
         return [Change("model", "model",
                        f"model {old.name} changed: config.json or the safetensors headers differ "
-                       f"(fingerprint {old.fingerprint[:12]} -> {new.fingerprint[:12]})")]
+                       f"(fingerprint {old.fingerprint[:12]} -> {new.fingerprint[:12]})",
+                       "stale.model.changed")]
     return []
 
 
@@ -90,32 +92,34 @@ def _gpu_changes(old: list[GPUStamp], new: list[GPUStamp]) -> list[Change]:
         if pos is None:
             what = "used by the profile" if was.used else "present when the profile was made"
             uuid = f" [{was.uuid}]" if was.uuid else ""
-            changes.append(Change("gpu", f"GPU {was.index}", f"{_gpu_label(was)}{uuid}, {what}, is gone"))
+            changes.append(Change("gpu", f"GPU {was.index}", f"{_gpu_label(was)}{uuid}, {what}, is gone",
+                                  "stale.gpu.gone"))
             continue
         matched.add(pos)
         now = new[pos]
         if now.name != was.name:
             changes.append(Change("gpu", f"GPU {was.index}",
-                                  f"GPU {was.index} is now {now.name} (profile computed for {was.name})"))
+                                  f"GPU {was.index} is now {now.name} (profile computed for {was.name})",
+                                  "stale.gpu.replaced"))
             continue
         if now.memory_total != was.memory_total:
             less = now.memory_total < was.memory_total
             changes.append(Change("vram", f"GPU {was.index}",
                                   f"{_gpu_label(now)} has {'less' if less else 'more'} VRAM: "
                                   f"{now.memory_total / GIB:.1f} GiB, profile computed for "
-                                  f"{was.memory_total / GIB:.1f} GiB"))
+                                  f"{was.memory_total / GIB:.1f} GiB", "stale.gpu.vram"))
         if was.used and was.cuda_index is not None and now.cuda_index is not None \
                 and now.cuda_index != was.cuda_index:
             changes.append(Change("gpu", f"GPU {was.index}",
                                   f"{_gpu_label(now)} is now CUDA device {now.cuda_index} "
                                   f"(was {was.cuda_index}): "
                                   "the split would land on another card (check CUDA_VISIBLE_DEVICES and "
-                                  "CUDA_DEVICE_ORDER)"))
+                                  "CUDA_DEVICE_ORDER)", "stale.gpu.cuda_order"))
     for i, g in enumerate(new):
         if i not in matched:
             changes.append(Change("gpu", f"GPU {g.index}",
                                   f"new {_gpu_label(g)} with {g.memory_total / GIB:.1f} GiB is present; "
-                                  "the profile was computed without it"))
+                                  "the profile was computed without it", "stale.gpu.new"))
     return changes
 
 
@@ -124,42 +128,50 @@ def _library_changes(old: dict[str, LibraryStamp], new: dict[str, LibraryStamp])
     for name in sorted(set(old) | set(new)):
         was = old.get(name) or LibraryStamp(installed=False)
         now = new.get(name) or LibraryStamp(installed=False)
-        changes.extend(Change("library", name, m) for m in _one_library(name, was, now))
+        changes.extend(Change("library", name, m, code) for code, m in _one_library(name, was, now))
     return changes
 
 
-def _one_library(name: str, was: LibraryStamp, now: LibraryStamp) -> list[str]:
+def _one_library(name: str, was: LibraryStamp, now: LibraryStamp) -> list[tuple[str, str]]:
     if was.installed and not now.installed:
-        return [f"{name} {was.version or ''} was removed".replace("  ", " ")]
+        return [("stale.library.removed", f"{name} {was.version or ''} was removed".replace("  ", " "))]
     if now.installed and not was.installed:
-        return [f"{name} {now.version or ''} is now installed (it was not when the profile was made)"
-                .replace("  ", " ")]
+        return [("stale.library.installed",
+                 f"{name} {now.version or ''} is now installed (it was not when the profile was made)"
+                 .replace("  ", " "))]
     if not now.installed:
         return []
     out = []
     if was.version != now.version and _public(was.version) != _public(now.version):
-        out.append(f"{name} {_direction(was.version, now.version)} {was.version} -> {now.version}")
+        out.append(("stale.library.version",
+                    f"{name} {_direction(was.version, now.version)} {was.version} -> {now.version}"))
     elif was.version != now.version or (was.local_tag or "") != (now.local_tag or ""):
-        out.append(f"{name} {_public(now.version)} build tag changed: {_tag(was)} -> {_tag(now)}")
+        out.append(("stale.library.build",
+                    f"{name} {_public(now.version)} build tag changed: {_tag(was)} -> {_tag(now)}"))
     tried = was.import_status != "not-tried" and now.import_status != "not-tried"
     if tried and was.import_status == "ok" and now.import_status != "ok":
         detail = f": {now.import_error}" if now.import_error else ""
-        out.append(f"{name} {now.version} now fails to import ({now.import_status}){detail}")
+        out.append(("stale.library.import_fails",
+                    f"{name} {now.version} now fails to import ({now.import_status}){detail}"))
     elif tried and was.import_status != "ok" and now.import_status == "ok":
-        out.append(f"{name} {now.version} now imports (it failed when the profile was made)")
+        out.append(("stale.library.imports",
+                    f"{name} {now.version} now imports (it failed when the profile was made)"))
     if tried and now.import_status == "ok":
         if not was.ops_error and now.ops_error:
-            out.append(f"{name} {now.version} compiled ops no longer load: {now.ops_error}")
+            out.append(("stale.library.ops_fail",
+                        f"{name} {now.version} compiled ops no longer load: {now.ops_error}"))
         elif was.ops_error and not now.ops_error:
-            out.append(f"{name} {now.version} compiled ops now load (they did not when the profile was made)")
+            out.append(("stale.library.ops_load",
+                        f"{name} {now.version} compiled ops now load (they did not when the profile "
+                        "was made)"))
     if was.ext and now.ext and was.ext != now.ext:
-        out.append(f"{name} extension changed: {was.ext} -> {now.ext}")
+        out.append(("stale.library.extension", f"{name} extension changed: {was.ext} -> {now.ext}"))
     if tried:
         gone = sorted(p for p, ok in was.import_paths.items() if ok and now.import_paths.get(p) is False)
         came = sorted(p for p, ok in now.import_paths.items() if ok and was.import_paths.get(p) is False)
         if gone or came:
             parts = [f"{p} no longer resolves" for p in gone] + [f"{p} now resolves" for p in came]
-            out.append(f"{name} import paths moved: " + "; ".join(parts))
+            out.append(("stale.library.import_paths", f"{name} import paths moved: " + "; ".join(parts)))
     return out
 
 

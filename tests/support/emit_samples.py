@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from exlx_autocfg.findings import Finding
 from exlx_autocfg.planner.types import ModelSummary, Plan, PlanGPU, Reason
+from exlx_autocfg.settings import Settings
 
 MIB = 1024**2
 
@@ -39,26 +41,33 @@ def switches(backend: str) -> dict[str, bool]:
     return {f"no_{name}": name in ahead for name in ("flash_attn", "xformers", "sdpa")}
 
 
+SETTINGS_FIELDS = {f.name for f in dataclasses.fields(Settings)}
+
+
 def plan(backend: str = "sdpa", cache_mode: str = "Q6", max_seq_len: int = 16384, *,
          gpus: list[PlanGPU] | None = None, **kw: Any) -> Plan:
-    p = Plan(
+    """A Plan; keyword arguments are Settings fields (the switches follow `backend` unless given) or Plan
+    fields."""
+    settings_kw = {k: kw.pop(k) for k in list(kw) if k in SETTINGS_FIELDS}
+    defaults = {"max_input_len": 2048, "max_attention_size": 2048**2, **switches(backend)}
+    settings = Settings(backend=backend, cache_mode=cache_mode, max_seq_len=max_seq_len,
+                        **{**defaults, **settings_kw})
+    base = dict(
         model=model(),
         gpus=list(gpus) if gpus is not None else [RTX_2080TI_22G],
-        backend=backend,
-        cache_mode=cache_mode,
-        max_seq_len=max_seq_len,
-        chunk_size=2048,
-        max_attention_size=2048**2,
+        settings=settings,
         reasons=[
-            Reason("backend", backend, "flash-attn needs compute capability 8.0; the 2080 Ti has 7.5",
-                   {"flash_attn": "compute capability 7.5 < 8.0"}),
-            Reason("cache_mode", cache_mode, f"the most precise mode that reaches {max_seq_len} tokens"),
+            Reason("backend", backend, "backend.highest_valid",
+                   "flash-attn needs compute capability 8.0; the 2080 Ti has 7.5",
+                   rejected={"flash_attn": [Finding("backend.flash_attn.compute_capability",
+                                                    "compute capability 7.5 < 8.0")]}),
+            Reason("cache_mode", cache_mode, "cache.target_reached",
+                   f"the most precise mode that reaches {max_seq_len} tokens"),
         ],
         tool_version="0.1.0",
-        **switches(backend),
     )
-    # Switches follow a backend given here unless the caller sets them (an unpaged 3090 without flash-attn).
-    return dataclasses.replace(p, **{**switches(kw.get("backend", backend)), **kw})
+    base.update(kw)
+    return Plan(**base)
 
 
 def turing_plan(**kw: Any) -> Plan:
@@ -70,8 +79,10 @@ def ampere_plan(**kw: Any) -> Plan:
     """RTX 3090 with flash-attn 2.6: paged, batched, FP16 cache."""
     base = dict(backend="flash_attn", cache_mode="FP16", max_seq_len=32768, gpus=[RTX_3090], paged=True,
                 max_batch_size=8,
-                reasons=[Reason("backend", "flash_attn", "flash-attn 2.6.3 works on sm 8.6 and is fastest"),
-                         Reason("cache_mode", "FP16", "FP16 reaches the requested 32768 tokens")])
+                reasons=[Reason("backend", "flash_attn", "backend.highest_valid",
+                                "flash-attn 2.6.3 works on sm 8.6 and is fastest"),
+                         Reason("cache_mode", "FP16", "cache.target_reached",
+                                "FP16 reaches the requested 32768 tokens")])
     base.update(kw)
     return plan(**base)
 
@@ -89,6 +100,6 @@ def autosplit_plan(**kw: Any) -> Plan:
     gpus = [dataclasses.replace(RTX_3090, index=0, cuda_index=0),
             dataclasses.replace(RTX_4090, index=1, cuda_index=1)]
     base = dict(backend="flash_attn", cache_mode="Q4", max_seq_len=65536, gpus=gpus, autosplit=True,
-                autosplit_reserve_bytes=[192 * MIB + 1, 64 * MIB], paged=True)
+                reserve_bytes=[192 * MIB + 1, 64 * MIB], paged=True)
     base.update(kw)
     return plan(**base)

@@ -8,8 +8,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from exlx_autocfg.exl2 import BACKENDS
 from exlx_autocfg.facts.types import GPU, Facts, GPUReport, LibraryFacts, PythonFacts
-from exlx_autocfg.planner.types import BACKENDS, ModelSummary, Plan, PlanGPU, Reason
+from exlx_autocfg.findings import Finding
+from exlx_autocfg.model.spec import ModelSummary
+from exlx_autocfg.planner.types import Plan, PlanGPU, Reason
+from exlx_autocfg.settings import Settings
 
 MIB = 1024**2
 XF_PATHS_026 = {
@@ -72,7 +76,11 @@ def switches(backend: str) -> dict[str, bool]:
 def plan(backend: str = "sdpa", cache_mode: str = "Q6", max_seq_len: int = 16384, *,
          model_path: str | None = "/models/Llama-3.1-8B-exl2", fingerprint: str | None = "ab" * 32,
          gpus: list[GPU] | None = None, **kw: Any) -> Plan:
+    """A Plan; keyword arguments are Settings fields (the switches follow `backend` unless given) or Plan
+    fields."""
     gpus = gpus if gpus is not None else [gpu_2080ti()]
+    fields = {f.name for f in dataclasses.fields(Settings)}
+    settings_kw = {k: kw.pop(k) for k in list(kw) if k in fields}
     p = Plan(
         model=ModelSummary(name="Llama-3.1-8B-exl2", path=model_path, architecture="LlamaForCausalLM",
                            layers=32, hidden_size=4096, attention_heads=32, kv_heads=8, head_dim=128,
@@ -81,17 +89,17 @@ def plan(backend: str = "sdpa", cache_mode: str = "Q6", max_seq_len: int = 16384
         gpus=[PlanGPU(index=g.index, name=g.name, compute_capability=g.compute_capability,
                       memory_total=g.memory_total, memory_free=g.memory_free, uuid=g.uuid,
                       pci_bus_id=g.pci_bus_id, cuda_index=g.cuda_index) for g in gpus],
-        backend=backend,
-        cache_mode=cache_mode,
-        max_seq_len=max_seq_len,
-        chunk_size=2048,
-        max_attention_size=2048**2,
-        reasons=[Reason("backend", backend, "flash-attn needs compute capability 8.0; the 2080 Ti has 7.5",
-                        {"flash_attn": "compute capability 7.5 < 8.0"}),
-                 Reason("cache_mode", cache_mode, "the most precise mode that reaches 16384 tokens")],
-        warnings=["a sample warning"],
+        settings=Settings(backend=backend, cache_mode=cache_mode, max_seq_len=max_seq_len,
+                          **{"max_input_len": 2048, "max_attention_size": 2048**2, **switches(backend),
+                             **settings_kw}),
+        reasons=[Reason("backend", backend, "backend.highest_valid",
+                        "flash-attn needs compute capability 8.0; the 2080 Ti has 7.5",
+                        rejected={"flash_attn": [Finding("backend.flash_attn.compute_capability",
+                                                         "compute capability 7.5 < 8.0")]}),
+                 Reason("cache_mode", cache_mode, "cache.target_reached",
+                        "the most precise mode that reaches 16384 tokens")],
+        warnings=[Finding("plan.what_if", "a sample warning")],
         request={"context": 16384, "cache_mode": None},
         tool_version="0.1.0",
-        **switches(backend),
     )
     return dataclasses.replace(p, **kw)

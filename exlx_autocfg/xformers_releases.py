@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from packaging.version import InvalidVersion, Version
 
 from exlx_autocfg.data import load_data
+from exlx_autocfg.versions import release
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class XformersRelease:
 
 
 def _release_tuple(version: str) -> tuple[int, ...]:
-    return Version(version.split("+", 1)[0]).release[:3]
+    return release(version) or ()
 
 
 def xformers_releases() -> list[XformersRelease]:
