@@ -79,7 +79,7 @@ CODES: dict[str, str] = {
     "backend.matmul.fp16_softmax": "matmul attention runs softmax in fp16 (some models overflow)",
     "backend.sdpa.rocm": "SDPA on ROCm is unreliable",
     "backend.flash_attn.import_breaks_exllamav2": "flash-attn is installed but does not import, which breaks "
-    "`import exllamav2` unless EXLLAMA_NO_FLASH_ATTN is set",
+    "`import exllamav2` unless its switch is set",
     "backend.forced.gpus_dropped": "a forced backend is invalid on some GPUs: planned without them",
     # ---------------------------------------------------------------------------- plan decisions
     "gpus.unused": "the model and its cache fit without some GPUs",

@@ -117,7 +117,8 @@ def verify_command(
             "current": not changes,
             "python": facts.python.executable,
             "note": note,
-            "changes": [{"kind": c.kind, "subject": c.subject, "message": c.message} for c in changes],
+            "changes": [{"code": c.code, "kind": c.kind, "subject": c.subject, "message": c.message}
+                        for c in changes],
         }, indent=2))
         return EXIT_NEGATIVE if changes else EXIT_OK
     if note:
@@ -156,7 +157,7 @@ def prepare_command(
     c = p.config
     result = {
         "profile": str(p.profile_path) if p.profile_path else None,
-        "stale": [ch.message for ch in p.changes],
+        "stale": [{"code": ch.code, "message": ch.message} for ch in p.changes],
         "replanned": p.replanned,
         "backend": p.backend,
         "env": {var: var in os.environ for var in exl2.ENV.values()},

@@ -172,12 +172,19 @@ def profile_from_plan(plan: Plan, facts: Facts, *, created: str | None = None) -
     return Profile(
         settings=copy.deepcopy(plan.settings),
         computed_for=computed_for_facts(facts, model, used),
-        reasons=copy.deepcopy(plan.reasons),
-        warnings=copy.deepcopy(plan.warnings),
+        reasons=[_without_evidence(r) for r in plan.reasons],
+        warnings=[Finding(w.code, w.message) for w in plan.warnings],
         request={k: v for k, v in plan.request.items() if v is not None},
         tool_version=plan.tool_version or _tool_version(),
         created=created or datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     )
+
+
+def _without_evidence(r: Reason) -> Reason:
+    """A reason as the profile keeps it: code and text, not the evidence (that is `plan --json`'s), so the
+    file stays short enough to read and edit by hand."""
+    rejected = {alt: [Finding(f.code, f.message) for f in fs] for alt, fs in r.rejected.items()}
+    return Reason(r.decision, r.choice, r.code, r.why, {}, rejected)
 
 
 def machine_identity(facts: Facts) -> str:
@@ -216,7 +223,7 @@ def render_profile(profile: Profile) -> str:
         "# `exlx-autocfg show PROFILE` explains it. Format: docs/profile.md.\n"
     )
     data = _drop_none(to_data(profile))
-    first = ("schema", "tool_version", "created", "warnings")  # the identity lines on top, then the tables
+    first = ("schema", "tool_version", "created")  # the identity lines on top, then the tables in order
     ordered = {k: data[k] for k in first if k in data} | {k: v for k, v in data.items() if k not in first}
     return header + tomli_w.dumps(ordered)
 

@@ -5,8 +5,8 @@ that NAME stands for (what-if GPUs, so no GPU is needed) and replaces the slot's
 sparse EXL2 directory (real config.json and safetensors headers, no weights) from
 tests/support/model_dirs.py. Run from the repository root:
 
-    python docs/emit_examples.py            # rewrite the pages
-    python docs/emit_examples.py --check    # exit 1 if a page is out of date
+    python -m tools.emit_examples            # rewrite the pages
+    python -m tools.emit_examples --check    # exit 1 if a page is out of date
 """
 
 from __future__ import annotations
