@@ -17,11 +17,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from exlx_autocfg.errors import DoesNotFitError
+from exlx_autocfg.exl2 import CACHE_MODES
 from exlx_autocfg.facts.what_if import gpu_table, what_if_facts
 from exlx_autocfg.model.catalog import catalog
 from exlx_autocfg.model.load import load_model_spec
 from exlx_autocfg.planner.core import plan
-from exlx_autocfg.planner.types import CACHE_MODES
 
 
 def grid() -> None:
@@ -77,5 +77,9 @@ def yi_on_2080ti_22gb() -> None:
 
 
 if __name__ == "__main__":
+    import argparse
+
+    fmt = argparse.RawDescriptionHelpFormatter
+    argparse.ArgumentParser(description=__doc__, formatter_class=fmt).parse_args()
     grid()
     yi_on_2080ti_22gb()

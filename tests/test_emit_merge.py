@@ -215,8 +215,13 @@ def test_empty_file_and_null_section_are_filled():
     e = emit(turing_plan(), "tabbyapi")
     for text in ("", "# only a comment\n", "{}\n", "model:\n", "model: null\nnetwork:\n  port: 5000\n"):
         merged = merge_yaml(text, e.merge_section, e.merge_values, e.header)
-        assert yaml.safe_load(merged)["model"] == e.merge_values
-        assert "# only a comment" in merged or "only a comment" not in text
+        doc = yaml.safe_load(merged)
+        assert doc["model"] == e.merge_values
+        assert set(doc) == ({"model", "network"} if "network:" in text else {"model"})
+        if "network:" in text:
+            assert doc["network"] == {"port": 5000}
+        if "# only a comment" in text:
+            assert "# only a comment" in merged
 
 
 def test_block_merge_keeps_the_users_lines_and_replaces_its_own_block():

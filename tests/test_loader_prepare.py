@@ -162,7 +162,8 @@ def test_bad_inputs_are_one_line_errors(exl2, llama, tmp_path):
         prepare(tmp_path / "missing", path, facts=samples.facts())
 
 
-def test_profile_object_is_used_as_is_and_not_written(exl2, llama, tmp_path):
+def test_profile_object_is_used_as_is_and_not_written(exl2, llama, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))  # where a default profile would go
     spec = load_model_spec(llama)
     profile = profile_from_plan(samples.plan(backend=usable_backend(exl2), model=spec.summary()),
                                 samples.facts())
@@ -170,7 +171,7 @@ def test_profile_object_is_used_as_is_and_not_written(exl2, llama, tmp_path):
         warnings.simplefilter("error")
         prepared = prepare(llama, profile, facts=samples.facts())
     assert prepared.profile is profile and prepared.profile_path is None
-    assert read_profile  # the module API stays importable for scripts
+    assert not (tmp_path / "config").exists()  # nothing was written anywhere
 
 
 def test_no_profile_yet_plans_and_writes_one(exl2, llama, tmp_path, monkeypatch):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from exlx_autocfg.errors import BackendRefusedError, DoesNotFitError, UsageError
@@ -77,6 +77,39 @@ def test_never_one_token_over(model, gpus, cache, context, margin, xformers):
     if cache:
         assert p.settings.cache_mode == cache
     check_tight(facts, specs[model], p, **request)
+
+
+LONG_CONTEXT = ["nous-capybara-34b@4.0bpw", "mistral-nemo-12b@6.0bpw", "llama3-70b@2.5bpw", "yi-34b@4.0bpw"]
+SMALL = ["rtx-3060-12gb", "t4", "rtx-2080-ti-22gb", "rtx-3090", "p40", "rtx-4090", "l4", "v100-32gb"]
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    model=st.sampled_from(LONG_CONTEXT),
+    gpus=st.lists(st.sampled_from(SMALL), min_size=1, max_size=2),
+    cache=st.sampled_from(CACHE_MODES),
+    chunk=st.sampled_from([None, 256, 512, 2048]),
+    margin=st.integers(min_value=0, max_value=4096),
+)
+def test_a_plan_short_of_its_target_is_one_page_from_not_fitting(model, gpus, cache, chunk, margin):
+    """The solver's limit itself: whenever the plan falls short of the target (most of these long-context
+    models on small GPUs do), the planned context fits and one more page does not, on the same GPUs."""
+    specs = _SPECS or {ref: load_model_spec(ref) for ref in MODELS}
+    _SPECS.update(specs)
+    spec = specs.get(model) or load_model_spec(model)
+    facts = what_if_facts(gpus, ["torch==2.6.0", "xformers==0.0.29.post3"])
+    request = {"cache": cache, "chunk_size": chunk, "margin_mib": margin}
+    try:
+        p = plan(facts, spec, **request)
+    except DoesNotFitError:
+        assume(False)  # every passing example below runs the "+1 page does not fit" branch
+        return
+    target = spec.max_position_embeddings // PAGE * PAGE
+    assume(p.settings.max_seq_len < target)
+    assert p.reason("max_seq_len").code == "max_seq_len.fit_limit"
+    at = device_totals_at(facts, spec, p, p.settings.max_seq_len, **request)
+    assert at == [row.total_bytes for row in p.memory]
+    assert device_totals_at(facts, spec, p, p.settings.max_seq_len + PAGE, **request) is None
 
 
 def test_default_policy_most_precise_cache_reaching_the_target(specs):

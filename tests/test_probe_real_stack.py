@@ -128,3 +128,32 @@ def test_exllamav2_jit_cache_is_found(probes: dict[str, dict]) -> None:
     lib = probes["exl2-cached"]["libraries"]["exllamav2"]
     assert lib["details"]["ext"] == "jit-cached"
     assert lib["details"]["ext_path"].endswith("torch_extensions/exllamav2_ext/exllamav2_ext.so")
+
+
+@pytest.mark.parametrize(("probe", "version"), [("xf26", "0.0.26.post1"), ("xf35", "0.0.35")])
+def test_release_table_agrees_with_the_real_wheel(probes: dict[str, dict], probe: str, version: str) -> None:
+    """profiles/xformers.toml, written from the xformers tags, against what the probe reads from the real
+    wheels: the torch the ops were built for (cpp_lib.json) and which mask import paths resolve."""
+    from exlx_autocfg.facts.derived import derived_details, xformers_import_paths
+    from exlx_autocfg.xformers_releases import xformers_release
+
+    d = probes[probe]["libraries"]["xformers"]["details"]
+    release = xformers_release(version)
+    assert release is not None and release.version == version
+    assert d["built_for"]["torch"].split("+")[0] == release.built_for_torch
+    assert d["import_paths"][MASK_FMHA] is release.mask_in_fmha
+    assert d["import_paths"][MASK_ATTN_BIAS] is release.mask_in_attn_bias
+    assert d["import_paths"]["xformers.ops.fmha.BlockDiagonalMask"] is release.block_diag_in_fmha
+    # What a what-if plan derives from the table is what the probe measures on the real wheel.
+    derived = derived_details("xformers", version, "2.13.0")
+    assert derived["import_paths"] == xformers_import_paths(release)
+    assert all(d["import_paths"][path] is ok for path, ok in derived["import_paths"].items())
+    # Whether the ops load on this torch: 0.0.26.post1 pins torch 2.3.0 (the table says no, and the real
+    # load fails); 0.0.35 has a stable ABI (the table says yes: its load here fails only for want of the CUDA
+    # runtime on this CPU machine, which no table entry claims to know).
+    assert derived["has_cpp_library"] is release.loads_on_torch("2.13.0+cpu")
+    assert d["has_cpp_library"] is False
+    if release.stable_abi:
+        assert "libcudart" in d["cpp_load_error"]
+    else:
+        assert f"PyTorch {release.built_for_torch}" in d["built_for_warning"]

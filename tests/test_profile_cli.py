@@ -81,6 +81,8 @@ def test_verify_current_and_stale(tmp_path, monkeypatch, capsys):
 
     path = write_profile(profile_from_plan(samples.plan(model=load_model_spec(model_dir).summary()), facts),
                          tmp_path / "p.toml")
+    profile_from_plan_as_written = read_profile(path)
+    written = path.read_bytes()
     calls = []
 
     def fake_detect(python=None, **kw):
@@ -105,7 +107,10 @@ def test_verify_current_and_stale(tmp_path, monkeypatch, capsys):
     shutil.rmtree(model_dir)
     assert run(["verify", str(path)]) == 1
     assert f"model directory {model_dir} no longer exists" in capsys.readouterr().out
-    assert machine_identity(facts)  # profile identity is stable across the three calls
+    # verify only reads: the profile is byte for byte what was written, its machine identity the facts'
+    assert read_profile(path) == profile_from_plan_as_written
+    assert read_profile(path).computed_for.machine == machine_identity(facts)
+    assert path.read_bytes() == written
 
 
 @pytest.mark.slow
