@@ -93,6 +93,9 @@ def verify_command(
                                                "profile was computed for, when it still exists).",
                                                show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable result.")] = False,
+    model: Annotated[str | None, typer.Option(
+        "--model", help="Compare the model with this directory (e.g. the download of the Hub revision the "
+        "profile was planned from) instead of the profile's own.", show_default=False)] = None,
 ) -> int:
     """Compare a profile with this machine now; exit 1 when it is stale, 0 when it is current."""
     from exlx_autocfg.facts.detect import detect
@@ -109,8 +112,18 @@ def verify_command(
         else:
             note = f"the profile's interpreter {recorded} no longer exists: probed this one instead"
     facts = detect(python=python)
-    fingerprint, exists = model_fingerprint(profile)
-    changes = find_changes(profile, facts, fingerprint, model_dir_exists=exists)
+    if model is not None:
+        from exlx_autocfg.model.load import load_model_spec
+
+        fingerprint, exists = load_model_spec(model).fingerprint, True
+        changes = find_changes(profile, facts, fingerprint, model_dir=model)
+        m = profile.computed_for.model
+        if not any(c.kind == "model" for c in changes) and m.hf_repo:
+            note = (f"{model} holds the revision the profile was planned from: "
+                    f"hf:{m.hf_repo}@{m.hf_revision} (commit {(m.hf_commit or '?')[:12]})")
+    else:
+        fingerprint, exists = model_fingerprint(profile)
+        changes = find_changes(profile, facts, fingerprint, model_dir_exists=exists)
     if as_json:
         typer.echo(json.dumps({
             "profile": str(profile_path),
@@ -215,7 +228,8 @@ def replan_command(profile: Profile, path: Path) -> str:
     """The `exlx-autocfg profile` command that re-plans this profile with the options it was made with."""
     import shlex
 
-    model = profile.computed_for.model.dir or profile.computed_for.model.name
+    m = profile.computed_for.model
+    model = m.dir or (f"hf:{m.hf_repo}@{m.hf_revision or m.hf_commit}" if m.hf_repo else m.name)
     args = ["exlx-autocfg", "profile", model]
     for key, value in profile.request.items():
         flag, default = _REQUEST_FLAGS.get(key, (None, None))
@@ -263,7 +277,10 @@ def render_show(profile: Profile, source: str) -> str:
     lines += [f"  {k:<19} {v}" for k, v in rows]
     lines += ["", "computed for"]
     fp = (cf.model.fingerprint or "none")[:12]
-    lines.append(f"  model      {cf.model.name}  ({cf.model.dir or 'catalog'}, fingerprint {fp})")
+    hub = cf.model
+    where = cf.model.dir or (f"hf:{hub.hf_repo}@{hub.hf_revision}, commit {(hub.hf_commit or '?')[:12]}"
+                             if hub.hf_repo else "catalog")
+    lines.append(f"  model      {cf.model.name}  ({where}, fingerprint {fp})")
     for g in cf.gpus:
         cc = f", CC {g.compute_capability}" if g.compute_capability else ""
         used = "" if g.used else "  (not used)"
