@@ -15,7 +15,7 @@ from rich.text import Text
 
 from exlx_autocfg.model.hub import BranchListing, Progress
 from exlx_autocfg.model.spec import HubSource
-from exlx_autocfg.planner.candidates import Choice
+from exlx_autocfg.planner.candidates import Choice, fmt_bpw
 from exlx_autocfg.planner.types import CACHE_MODES, Plan
 from exlx_autocfg.serde import to_data
 
@@ -81,26 +81,28 @@ def _ctx(n: int | None) -> str:
 
 def quant_table(hub: HubChoice, plan: Plan) -> Group:
     c, listing = hub.choice, hub.listing
-    gpus = ", ".join(g.name for g in plan.gpus)
+    gpus = ", ".join(f"{g.name} ({g.memory_total / 1024**2:,.0f} MiB)" for g in plan.gpus)
     title = (f"Quants of {listing.repo} on {gpus}: target context {c.target} ({c.target_why})")
     table = Table(title=title, title_justify="left")
     for col in ("revision", "bpw", "weights", "download"):
         table.add_column(col, justify="left" if col == "revision" else "right")
     for mode in CACHE_MODES:
         table.add_column(mode, justify="right")
+    table.add_column("plan", justify="right")
     table.add_column("")
     for cand in c.candidates:
         mark = Text("◀ chosen", style="bold green") if cand.chosen else Text(cand.why, style="dim")
         if cand.status == "skipped":
-            table.add_row(cand.revision, "-", "-", _gb(cand.download_bytes), *["" for _ in CACHE_MODES],
+            table.add_row(cand.revision, "-", "-", _gb(cand.download_bytes), *["" for _ in CACHE_MODES], "",
                           Text(f"skipped: {cand.why}", style="dim"))
             continue
         by_mode = [_ctx(cand.max_seq_len_by_cache_mode.get(m)) for m in CACHE_MODES]
+        planned = f"{cand.cache_mode} {cand.max_seq_len:,}" if cand.cache_mode else "-"
         if cand.status == "does_not_fit":
-            by_mode = ["no fit"] * len(CACHE_MODES)
+            by_mode, planned = ["no fit"] * len(CACHE_MODES), "-"
             mark = Text(cand.why, style="red")
-        bpw = f"{cand.bits_per_weight:g}" if cand.bits_per_weight is not None else "?"
-        table.add_row(cand.revision, bpw, _gb(cand.weights_bytes), _gb(cand.download_bytes), *by_mode, mark)
+        table.add_row(cand.revision, fmt_bpw(cand.bits_per_weight), _gb(cand.weights_bytes),
+                      _gb(cand.download_bytes), *by_mode, planned, mark)
     chosen = Text("Chosen: ", style="bold")
     chosen.append(c.why)
     weights = sum(b.download_bytes for b in listing.branches if b.spec is not None)

@@ -83,6 +83,13 @@ def _bpw(c: Candidate) -> float:
     return c.bits_per_weight if c.bits_per_weight is not None else 0.0
 
 
+def fmt_bpw(bpw: float | None) -> str:
+    """4.0, 6.5, 4.65: how EXL2 branches name their bitrates."""
+    if bpw is None:
+        return "?"
+    return f"{bpw:.1f}" if round(bpw, 1) == bpw else f"{bpw:.2f}"
+
+
 def choose_candidate(facts: Facts, branches: Sequence[BranchLike], **request: Any) -> Choice:
     """Plan each branch with a spec (`planner.core.plan(facts, spec, **request)`) and choose one.
 
@@ -132,8 +139,8 @@ def choose_candidate(facts: Facts, branches: Sequence[BranchLike], **request: An
         best = max(reaching, key=lambda c: (_bpw(c), c.weights_bytes, c.revision))
         target, target_why = targets[best.revision]
         code = "candidates.highest_reaching"
-        why = (f"{best.revision}: the highest bitrate ({_bpw(best):g} bpw) that reaches the target context "
-               f"{target} ({target_why}) with {policy}; cache {best.cache_mode}")
+        why = (f"{best.revision}: the highest bitrate ({fmt_bpw(best.bits_per_weight)} bpw) that reaches "
+               f"the target context {target} ({target_why}) with {policy}; cache {best.cache_mode}")
     else:
         best = max(planned, key=lambda c: (c.max_seq_len, _bpw(c), c.revision))
         target, target_why = targets[best.revision]
@@ -156,5 +163,6 @@ def _not_chosen(c: Candidate, best: Candidate) -> tuple[str, str]:
         return "candidates.short_context", f"reaches only {c.max_seq_len} tokens (cache {c.cache_mode})"
     if not best.reaches_target:
         return "candidates.short_context", f"reaches {c.max_seq_len} tokens, less than {best.revision}"
-    return "candidates.lower_bitrate", (f"a lower bitrate ({_bpw(c):g} bpw) than {best.revision} "
-                                        f"({_bpw(best):g} bpw), which also reaches the target")
+    return "candidates.lower_bitrate", (f"a lower bitrate ({fmt_bpw(c.bits_per_weight)} bpw) than "
+                                        f"{best.revision} ({fmt_bpw(best.bits_per_weight)} bpw), which also "
+                                        "reaches the target")

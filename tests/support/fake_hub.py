@@ -26,9 +26,11 @@ derived from the branch's file list the same way. Every body byte sent is counte
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
+import socket
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -43,6 +45,33 @@ GITATTRIBUTES = (b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"
 # A test guard, not Hub behaviour: a whole-file GET of anything bigger fails loudly (500) instead of
 # streaming gigabytes of a sparse file; planning must never download weights.
 MAX_FULL_GET = 16 * 1024 * 1024
+
+
+class _Server(ThreadingHTTPServer):
+    """Keeps its open connections, so that `FakeHub.down()` also drops the client's pooled keep-alives."""
+
+    daemon_threads = True
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.clients: set[socket.socket] = set()
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, addr = super().get_request()
+        self.clients.add(sock)
+        return sock, addr
+
+    def shutdown_request(self, request: Any) -> None:
+        self.clients.discard(request)
+        super().shutdown_request(request)
+
+    def drop_clients(self) -> None:
+        for sock in list(self.clients):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                sock.close()
+        self.clients.clear()
 
 
 def files_of(directory: Path) -> dict[str, Path | bytes]:
@@ -130,7 +159,7 @@ class FakeHub:
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
-        self._servers: list[ThreadingHTTPServer] = []
+        self._servers: list[_Server] = []
         self.endpoint = ""
         self.cdn = ""
 
@@ -158,10 +187,9 @@ class FakeHub:
         return repo
 
     def __enter__(self) -> FakeHub:
-        hub_server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self, cdn=False))
-        cdn_server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self, cdn=True))
+        hub_server = _Server(("127.0.0.1", 0), _handler(self, cdn=False))
+        cdn_server = _Server(("127.0.0.1", 0), _handler(self, cdn=True))
         for server in (hub_server, cdn_server):
-            server.daemon_threads = True
             threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
             self._servers.append(server)
         self.endpoint = f"http://127.0.0.1:{hub_server.server_address[1]}"
@@ -176,6 +204,7 @@ class FakeHub:
         for server in self._servers:
             server.shutdown()
             server.server_close()
+            server.drop_clients()
         self._servers.clear()
 
     # ------------------------------------------------------------------------------------------ counters
