@@ -297,6 +297,7 @@ def no_switches(monkeypatch):
         monkeypatch.delenv(var, raising=False)
 
 
+@pytest.mark.slow  # imports the real exllamav2 (its stand-in extension) to build the config
 def test_prepare_finds_the_hub_profile_for_the_download(hub, tmp_path, models, no_switches):
     facts = samples.facts(xformers=None)  # matmul: what this process's exllamav2 (CPU torch) can run
     spec = read_hub_spec(f"hf:{LLAMA}@4.0bpw")

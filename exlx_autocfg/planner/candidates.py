@@ -102,13 +102,14 @@ def choose_candidate(facts: Facts, branches: Sequence[BranchLike], **request: An
     for b in branches:
         if b.spec is None:
             candidates.append(Candidate(b.revision, b.commit, "skipped", b.skip_code or "hub.skip.not_exl2",
-                                        why=b.skipped or "", download_bytes=b.download_bytes))
+                                        why=b.skipped or "", download_bytes=b.download_bytes,
+                                        bytes_read=getattr(b, "bytes_read", 0)))
             continue
         spec = b.spec
         entry = Candidate(
             b.revision, b.commit, "planned", "candidates.planned",
             bits_per_weight=spec.bits_per_weight, weights_bytes=spec.total_tensor_bytes,
-            download_bytes=b.download_bytes, bytes_read=spec.hub.bytes_read if spec.hub else 0,
+            download_bytes=b.download_bytes, bytes_read=getattr(b, "bytes_read", 0),
         )
         target = targets[b.revision] = target_context(spec, request.get("context"))
         try:
