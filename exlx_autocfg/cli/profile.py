@@ -115,12 +115,12 @@ def verify_command(
     if model is not None:
         from exlx_autocfg.model.load import load_model_spec
 
-        fingerprint, exists = load_model_spec(model).fingerprint, True
-        changes = find_changes(profile, facts, fingerprint, model_dir=model)
+        changes = find_changes(profile, facts, load_model_spec(model).fingerprint, model_dir=model)
         m = profile.computed_for.model
         if not any(c.kind == "model" for c in changes) and m.hf_repo:
-            note = (f"{model} holds the revision the profile was planned from: "
+            same = (f"{model} holds the revision the profile was planned from: "
                     f"hf:{m.hf_repo}@{m.hf_revision} (commit {(m.hf_commit or '?')[:12]})")
+            note = f"{note}; {same}" if note else same
     else:
         fingerprint, exists = model_fingerprint(profile)
         changes = find_changes(profile, facts, fingerprint, model_dir_exists=exists)

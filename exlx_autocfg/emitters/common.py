@@ -58,7 +58,10 @@ def gpu_label(plan: Plan) -> str:
 
 
 def model_label(plan: Plan) -> str:
-    where = f" ({plan.model.path})" if plan.model.path else " (catalog entry, no local path)"
+    hub = plan.model.hub
+    where = (f" ({plan.model.path})" if plan.model.path
+             else f" ({hub.reference}, commit {hub.commit[:12]}, not downloaded)" if hub
+             else " (catalog entry, no local path)")
     return one_line(plan.model.name) + where
 
 

@@ -447,6 +447,7 @@ class HubReader:
             repo,
             commit,
             file=name,
+            label=where,
         )
         data = Path(path).read_bytes()
         _note(meter, name, len(data) if isinstance(cached, str) else 0)
@@ -469,13 +470,13 @@ class HubReader:
 
         url = hf_hub_url(repo, name, revision=commit, endpoint=self.endpoint)
         first = min(FIRST_READ_BYTES, size) if size else FIRST_READ_BYTES
-        data, total = self._range(repo, commit, name, url, 0, first)
+        data, total = self._range(repo, commit, name, url, 0, first, where)
         size = size if size is not None else total
         if size is None:
             raise HubError(f"{label}: the Hub sent no size for this file")
         need = 8 + header_length(label, data[:8], size, limit=MAX_HUB_HEADER_BYTES)
         if len(data) < need:
-            more, _ = self._range(repo, commit, name, url, len(data), need)
+            more, _ = self._range(repo, commit, name, url, len(data), need, where)
             data += more
         data = data[:need]
         header = parse_header_bytes(label, data, size)
@@ -483,7 +484,7 @@ class HubReader:
         return header
 
     def _range(
-        self, repo: str, commit: str, name: str, url: str, start: int, end: int
+        self, repo: str, commit: str, name: str, url: str, start: int, end: int, where: str
     ) -> tuple[bytes, int | None]:
         """Bytes [start, end) of `url` and the file's total size (Content-Range). Streams, so a server that
         ignores the range costs only the bytes wanted, never the file."""
@@ -511,18 +512,25 @@ class HubReader:
                     total = int(length) if length and length.isdigit() else None
                 return b"".join(chunks)[skip : skip + want], total
 
-        return self._call(fetch, repo, commit, file=name)
+        return self._call(fetch, repo, commit, file=name, label=where)
 
     # ------------------------------------------------------------------------------- errors
 
     def _call(
-        self, fn: Callable[[], Any], repo: str, revision: str | None, *, file: str | None = None
+        self,
+        fn: Callable[[], Any],
+        repo: str,
+        revision: str | None,
+        *,
+        file: str | None = None,
+        label: str | None = None,
     ) -> Any:
-        """Run one client call; its exceptions become one-line HubErrors that say what to do."""
+        """Run one client call; its exceptions become one-line HubErrors that say what to do. `label`: how
+        the user named the revision (`hf:ORG/REPO@4.0bpw`, not the commit it resolved to)."""
         from huggingface_hub import errors
 
         http = _http()
-        ref = f"hf:{repo}" + (f"@{revision}" if revision else "")
+        ref = label or f"hf:{repo}" + (f"@{revision}" if revision else "")
         try:
             return fn()
         except errors.GatedRepoError as exc:

@@ -76,13 +76,14 @@ class RepoCache:
             self._write(Path("refs") / quote(revision, safe=""), commit.encode())
 
     def cached_refs(self) -> dict[str, str]:
-        """revision -> commit for every revision read before (for 'what is cached' in error messages)."""
+        """revision -> commit of every model revision read before (for 'what is cached' in errors)."""
         if self.dir is None or not (self.dir / "refs").is_dir():
             return {}
         out = {}
         for ref in sorted((self.dir / "refs").iterdir()):
             commit = ref.read_text().strip()
-            if is_commit(commit) and self.listing(commit) is not None:
+            listing = self.listing(commit) if is_commit(commit) else None
+            if listing is not None and "config.json" in listing.files:  # a model, not a README-only main
                 out[unquote(ref.name)] = commit
         return out
 
