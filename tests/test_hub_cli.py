@@ -291,6 +291,25 @@ def test_verify_with_the_downloaded_directory(hub, tmp_path, models, capsys, mon
     assert f"re-plan with: exlx-autocfg profile hf:{LLAMA}@4.0bpw" in out
 
 
+def test_verify_a_hub_profile_asks_the_hub_whether_its_branch_moved(hub, tmp_path, models, capsys,
+                                                                   monkeypatch):
+    facts = samples.facts()
+    hub_profile(tmp_path / "p.toml", facts)
+    monkeypatch.setattr("exlx_autocfg.facts.detect.detect", lambda python=None, **kw: facts)
+    code, out, _ = cli(capsys, "verify", str(tmp_path / "p.toml"), "--python", sys.executable)
+    assert code == 0 and out.startswith("current:")
+    # The branch is re-uploaded with other weights: the profile no longer describes it.
+    hub.add_repo(LLAMA, {"4.0bpw": files_of(models["llama-6.0"]), "6.0bpw": files_of(models["llama-6.0"])})
+    code, out, _ = cli(capsys, "verify", str(tmp_path / "p.toml"), "--python", sys.executable)
+    new_commit = hub.repos[LLAMA].commits["4.0bpw"]
+    assert code == 1
+    assert (f"but hf:{LLAMA}@4.0bpw (now commit {new_commit[:12]}) holds another revision or model") in out
+    hub.down()
+    code, out, _ = cli(capsys, "verify", str(tmp_path / "p.toml"), "--python", sys.executable)
+    assert code == 0
+    assert out.splitlines()[0].startswith("note: the Hub revision was not checked: cannot reach the Hub")
+
+
 @pytest.fixture
 def no_switches(monkeypatch):
     for var in ENV_SWITCHES.values():

@@ -121,6 +121,9 @@ def verify_command(
             same = (f"{model} holds the revision the profile was planned from: "
                     f"hf:{m.hf_repo}@{m.hf_revision} (commit {(m.hf_commit or '?')[:12]})")
             note = f"{note}; {same}" if note else same
+    elif profile.computed_for.model.hf_repo and not profile.computed_for.model.dir:
+        changes, checked = hub_changes(profile, facts)
+        note = f"{note}; {checked}" if note and checked else note or checked
     else:
         fingerprint, exists = model_fingerprint(profile)
         changes = find_changes(profile, facts, fingerprint, model_dir_exists=exists)
@@ -215,6 +218,24 @@ def model_fingerprint(profile: Profile) -> tuple[str | None, bool]:
     from exlx_autocfg.model.load import load_model_spec
 
     return load_model_spec(model_dir).fingerprint, True
+
+
+def hub_changes(profile: Profile, facts: Any) -> tuple[list[Any], str | None]:
+    """A profile planned from the Hub before the download: is its revision still what it was? (A branch
+    may have been re-uploaded.) Returns the changes and a note when the Hub could not be asked."""
+    from exlx_autocfg.errors import HubError
+    from exlx_autocfg.model.hub import HubRef, read_hub_spec
+    from exlx_autocfg.profile.staleness import find_changes
+
+    m = profile.computed_for.model
+    revision = m.hf_revision or m.hf_commit
+    try:
+        spec = read_hub_spec(HubRef(str(m.hf_repo), revision))
+    except HubError as exc:
+        return find_changes(profile, facts, None), f"the Hub revision was not checked: {exc.one_line()}"
+    assert spec.hub is not None
+    now = f"hf:{m.hf_repo}@{revision} (now commit {spec.hub.commit[:12]})"
+    return find_changes(profile, facts, spec.fingerprint, model_dir=now), None
 
 
 # Plan request keys -> `profile` options, with the defaults that need not be repeated.
