@@ -265,7 +265,7 @@ class HubReader:
         """Every branch of `repo`: those holding an EXL2 model read as specs, the others skipped with why."""
         total = _Meter()
         with _metering(total):
-            branches = self._branches(repo)
+            branches = sorted(self._branches(repo), key=lambda b: _natural(b.name))
             reads: list[BranchRead] = []
             for i, branch in enumerate(branches):
                 self._tick(f"{repo}: branch {branch.name}", i, len(branches))
@@ -579,7 +579,7 @@ class HubReader:
 
     def _branch_hint(self, repo: str) -> str:
         try:
-            names = [b.name for b in self._branches(repo)]
+            names = sorted((b.name for b in self._branches(repo)), key=_natural)
         except HubError:
             return ""
         return f" (branches: {', '.join(names)})" if names else ""
@@ -608,6 +608,12 @@ class HubReader:
     def _tick(self, what: str, done: int, total: int) -> None:
         if self.progress is not None:
             self.progress(what, done, total)
+
+
+def _natural(name: str) -> list[Any]:
+    """Sort key that puts 2.5bpw < 4.0bpw < 10.0bpw (numbers compared as numbers)."""
+    return [(0, float(part), "") if part[:1].isdigit() else (1, 0.0, part)
+            for part in re.findall(r"\d+(?:\.\d+)?|\D+", name)]
 
 
 def _note(meter: _Meter, name: str, cached_bytes: int) -> None:
