@@ -10,7 +10,12 @@ from pathlib import Path
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
-    """Replace `path` with `text` so that readers see the old complete file or the new one, never a part:
+    """`write_bytes_atomic` of `text` in UTF-8."""
+    return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Replace `path` with `data` so that readers see the old complete file or the new one, never a part:
     a temporary file beside it, fsync, rename, fsync the directory. The replaced file's permission bits are
     kept (a new file gets the umask default: mkstemp's 0600 would surprise users).
 
@@ -27,7 +32,7 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(text.encode("utf-8"))
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp_name, mode)

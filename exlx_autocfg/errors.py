@@ -40,6 +40,16 @@ class ModelSpecError(InputError):
     """config.json or a safetensors header is missing, malformed or inconsistent."""
 
 
+class HubError(InputError):
+    """A Hugging Face Hub model cannot be read: repo or revision not found, gated, unreachable, not cached."""
+
+
+class NoCandidateError(ExlxError):
+    """No branch of a Hub repo holds an EXL2 model that can be planned (a negative answer)."""
+
+    exit_code = EXIT_NEGATIVE
+
+
 class ProfileError(InputError):
     """A profile file does not parse or fails validation."""
 

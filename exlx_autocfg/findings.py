@@ -162,10 +162,26 @@ CODES: dict[str, str] = {
     "check.backend.ok": "the planned backend gives correct output",
     "check.exl3.rocm": "EXL2 is right: ExLlamaV3 has no ROCm support",
     "check.exl3.old_gpu": "EXL2 is right: a GPU is below ExLlamaV3's minimum compute capability",
+    # ------------------------------------------------------- quant choice (plan hf:ORG/REPO)
+    "candidates.planned": "an EXL2 branch of a Hub repo, planned",
+    "candidates.does_not_fit": "an EXL2 branch that fits at no context on these GPUs",
+    "candidates.highest_reaching": "chosen: the highest bitrate that reaches the target context",
+    "candidates.longest_context": "chosen: no branch reaches the target, this one gives the longest context",
+    "candidates.short_context": "not chosen: reaches less context than the target or the chosen branch",
+    "candidates.lower_bitrate": "not chosen: a lower bitrate than the chosen branch, which also reaches "
+    "the target",
+    "hub.skip.no_config": "a branch without config.json (a README-only main): not a model",
+    "hub.skip.gguf": "a branch of GGUF files: not EXL2",
+    "hub.skip.no_safetensors": "a branch with config.json but no .safetensors files",
+    "hub.skip.other_quant": "a branch quantized another way (GPTQ, AWQ, ...): not EXL2",
+    "hub.skip.not_exl2": "a branch holding an unquantized checkpoint (FP16/BF16 original)",
+    "hub.skip.unreadable": "a branch whose config.json or safetensors headers are broken",
     # --------------------------------------------------------------------------------- staleness
     "stale.model.gone": "the model directory no longer exists",
     "stale.model.other": "the profile was computed for another model directory",
     "stale.model.changed": "config.json or the safetensors headers changed",
+    "stale.model.other_revision": "the profile was planned from a Hub revision; this directory holds "
+    "another revision or model",
     "stale.gpu.gone": "a GPU the profile was computed with is gone",
     "stale.gpu.replaced": "another GPU model sits where the profile's GPU was",
     "stale.gpu.vram": "a GPU's total VRAM changed",

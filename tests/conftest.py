@@ -12,3 +12,14 @@ if str(ROOT) not in sys.path:
 # The probe caches import results per interpreter and PYTHONPATH; tests make many throwaway PYTHONPATHs,
 # so they cache into a directory of their own (inherited by child processes), not the user's cache dir.
 os.environ.setdefault("EXLX_CACHE_DIR", tempfile.mkdtemp(prefix="exlx-test-cache-"))
+
+# The real huggingface_hub client runs against tests/support/fake_hub.py on 127.0.0.1, never anything else.
+# The client reads these when it is imported, so they are set before anything imports it: a dead local
+# endpoint unless a test points HF_ENDPOINT at its fake Hub, no telemetry (the client would fetch its agent
+# registry from the endpoint), a throwaway HF_HOME, and no token or offline switch from the developer's shell.
+os.environ["HF_ENDPOINT"] = "http://127.0.0.1:9"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="exlx-test-hf-")
+for _var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE",
+             "HUGGINGFACE_HUB_CACHE", "HF_TOKEN_PATH"):
+    os.environ.pop(_var, None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import Annotated
 
@@ -23,7 +24,7 @@ from exlx_autocfg.cli.planopts import (
     MinCacheOpt,
     ModelArg,
     PythonOpt,
-    plan_from_options,
+    choice_from_options,
 )
 
 
@@ -61,8 +62,9 @@ def plan_command(
         ),
     ] = False,
 ) -> None:
-    """Plan the best ExLlamaV2 settings for MODEL on this machine (or a what-if machine), with reasons."""
-    plan = plan_from_options(
+    """Plan the best ExLlamaV2 settings for MODEL on this machine (or a what-if machine), with reasons.
+    For hf:ORG/REPO without a revision: the quant table of its EXL2 branches, then the best one's plan."""
+    plan, hub_choice = choice_from_options(
         model,
         gpu=gpu,
         assume=assume,
@@ -76,12 +78,22 @@ def plan_command(
         chunk_size=chunk_size,
         bpw=bpw,
         python=python,
+        progress=False if json_out else None,
     )
     if json_out:
-        sys.stdout.write(plan.to_json() + "\n")
+        doc = plan.to_dict() | (hub_choice.json_extra() if hub_choice else {})
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
         return
     from rich.console import Console
 
     from exlx_autocfg.cli.plan_view import print_plan
 
-    print_plan(plan, Console(width=max(Console().width, 120)))
+    console = Console(width=max(Console().width, 120))
+    if hub_choice is not None or plan.model.hub is not None:
+        from exlx_autocfg.cli.hub_view import quant_table, source_line
+
+        if hub_choice is not None:
+            console.print(quant_table(hub_choice, plan))
+        if plan.model.hub is not None:
+            console.print(source_line(plan.model.hub))
+    print_plan(plan, console)

@@ -11,18 +11,23 @@ Use in a command:
         plan = plan_from_options(model, gpu=gpu, assume=assume, context=context, cache=cache, ...)
 
 `plan_from_options` is the stable entry point (keyword-only after MODEL); `facts_from_options` gives the
-facts alone (for commands that record them, like `profile`).
+facts alone (for commands that record them, like `profile`). For `hf:ORG/REPO` without a revision it reads
+every branch and plans the best quant (`choice_from_options` also returns the quant table).
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from exlx_autocfg.errors import UsageError
 from exlx_autocfg.facts.types import Facts
 from exlx_autocfg.planner.core import DEFAULT_MARGIN_MIB
 from exlx_autocfg.planner.types import Plan
+
+if TYPE_CHECKING:
+    from exlx_autocfg.cli.hub_view import HubChoice
 
 __all__ = [
     "DEFAULT_MARGIN_MIB",
@@ -47,7 +52,9 @@ ModelArg = Annotated[
     str,
     typer.Argument(
         metavar="MODEL",
-        help="Model directory (config.json + *.safetensors) or catalog reference, e.g. yi-34b@4.0bpw."
+        help="Model directory (config.json + *.safetensors), Hugging Face repo hf:ORG/REPO[@REVISION] "
+        "(headers only; no revision: every EXL2 branch, the best one planned) or catalog reference, "
+        "e.g. yi-34b@4.0bpw."
     ),
 ]
 GpuOpt = Annotated[
@@ -163,24 +170,67 @@ def plan_from_options(
     bpw: float | None = None,
     python: str | None = None,
     facts: Facts | None = None,
+    progress: bool | None = None,
 ) -> Plan:
     """Facts (given, what-if or detected), the model spec, then `planner.plan`. Raises ExlxError subclasses
-    only (UsageError, ModelSpecError, BackendRefusedError, DoesNotFitError, ProbeError)."""
-    from exlx_autocfg.model.load import load_model_spec
+    only (UsageError, ModelSpecError, HubError, BackendRefusedError, DoesNotFitError, ProbeError).
+    `progress`: show reading progress for Hub models on stderr (default: when stderr is a terminal)."""
+    return choice_from_options(
+        model, gpu=gpu, assume=assume, context=context, cache=cache, backend=backend,
+        min_cache_precision=min_cache_precision, budget=budget, margin_mib=margin_mib, batch_size=batch_size,
+        chunk_size=chunk_size, bpw=bpw, python=python, facts=facts, progress=progress,
+    )[0]
+
+
+def choice_from_options(
+    model: str,
+    *,
+    gpu: list[str] | None = None,
+    assume: list[str] | None = None,
+    context: int | None = None,
+    cache: str | None = None,
+    backend: str | None = None,
+    min_cache_precision: str | None = None,
+    budget: str = "total",
+    margin_mib: int = DEFAULT_MARGIN_MIB,
+    batch_size: int = 1,
+    chunk_size: int | None = None,
+    bpw: float | None = None,
+    python: str | None = None,
+    facts: Facts | None = None,
+    progress: bool | None = None,
+) -> tuple[Plan, HubChoice | None]:
+    """`plan_from_options`, plus the quant table when MODEL is `hf:ORG/REPO` without a revision."""
+    from exlx_autocfg.cli.hub_view import hub_progress
+    from exlx_autocfg.model.hub import is_hub_ref, parse_hub_ref
     from exlx_autocfg.planner.core import plan
 
-    spec = load_model_spec(model, bpw=bpw)
+    request = dict(context=context, cache=cache, backend=backend, min_cache_precision=min_cache_precision,
+                   budget=budget, margin_mib=margin_mib, batch_size=batch_size, chunk_size=chunk_size)
+    hub_ref = parse_hub_ref(model) if is_hub_ref(model) else None
+    if hub_ref is not None and bpw is not None:
+        raise UsageError(f"--bpw applies to catalog models; a Hub repo's bitrates are its branches "
+                         f"(give hf:{hub_ref.repo}@REVISION, or hf:{hub_ref.repo} to compare them)")
+    if hub_ref is not None and hub_ref.revision is None:
+        from exlx_autocfg.cli.hub_view import HubChoice
+        from exlx_autocfg.model.hub import read_hub_branches
+        from exlx_autocfg.planner.candidates import choose_candidate
+
+        with hub_progress(progress) as report:
+            listing = read_hub_branches(hub_ref.repo, progress=report)
+        if facts is None:
+            facts = facts_from_options(gpu=gpu, assume=assume, python=python)
+        choice = choose_candidate(facts, listing.branches, **request)
+        return choice.plan, HubChoice(listing, choice)
+    if hub_ref is not None:
+        from exlx_autocfg.model.hub import read_hub_spec
+
+        with hub_progress(progress) as report:
+            spec = read_hub_spec(hub_ref, progress=report)
+    else:
+        from exlx_autocfg.model.load import load_model_spec
+
+        spec = load_model_spec(model, bpw=bpw)
     if facts is None:
         facts = facts_from_options(gpu=gpu, assume=assume, python=python)
-    return plan(
-        facts,
-        spec,
-        context=context,
-        cache=cache,
-        backend=backend,
-        min_cache_precision=min_cache_precision,
-        budget=budget,
-        margin_mib=margin_mib,
-        batch_size=batch_size,
-        chunk_size=chunk_size,
-    )
+    return plan(facts, spec, **request), None

@@ -93,6 +93,9 @@ def verify_command(
                                                "profile was computed for, when it still exists).",
                                                show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable result.")] = False,
+    model: Annotated[str | None, typer.Option(
+        "--model", help="Compare the model with this directory (e.g. the download of the Hub revision the "
+        "profile was planned from) instead of the profile's own.", show_default=False)] = None,
 ) -> int:
     """Compare a profile with this machine now; exit 1 when it is stale, 0 when it is current."""
     from exlx_autocfg.facts.detect import detect
@@ -109,8 +112,21 @@ def verify_command(
         else:
             note = f"the profile's interpreter {recorded} no longer exists: probed this one instead"
     facts = detect(python=python)
-    fingerprint, exists = model_fingerprint(profile)
-    changes = find_changes(profile, facts, fingerprint, model_dir_exists=exists)
+    if model is not None:
+        from exlx_autocfg.model.load import load_model_spec
+
+        changes = find_changes(profile, facts, load_model_spec(model).fingerprint, model_dir=model)
+        m = profile.computed_for.model
+        if not any(c.kind == "model" for c in changes) and m.hf_repo:
+            same = (f"{model} holds the revision the profile was planned from: "
+                    f"hf:{m.hf_repo}@{m.hf_revision} (commit {(m.hf_commit or '?')[:12]})")
+            note = f"{note}; {same}" if note else same
+    elif profile.computed_for.model.hf_repo and not profile.computed_for.model.dir:
+        changes, checked = hub_changes(profile, facts)
+        note = f"{note}; {checked}" if note and checked else note or checked
+    else:
+        fingerprint, exists = model_fingerprint(profile)
+        changes = find_changes(profile, facts, fingerprint, model_dir_exists=exists)
     if as_json:
         typer.echo(json.dumps({
             "profile": str(profile_path),
@@ -205,6 +221,24 @@ def model_fingerprint(profile: Profile) -> tuple[str | None, bool]:
     return load_model_spec(model_dir).fingerprint, True
 
 
+def hub_changes(profile: Profile, facts: Any) -> tuple[list[Any], str | None]:
+    """A profile planned from the Hub before the download: is its revision still what it was? (A branch
+    may have been re-uploaded.) Returns the changes and a note when the Hub could not be asked."""
+    from exlx_autocfg.errors import HubError
+    from exlx_autocfg.model.hub import HubRef, read_hub_spec
+    from exlx_autocfg.profile.staleness import find_changes
+
+    m = profile.computed_for.model
+    revision = m.hf_revision or m.hf_commit
+    try:
+        spec = read_hub_spec(HubRef(str(m.hf_repo), revision))
+    except HubError as exc:
+        return find_changes(profile, facts, None), f"the Hub revision was not checked: {exc.one_line()}"
+    assert spec.hub is not None
+    now = f"hf:{m.hf_repo}@{revision} (now commit {spec.hub.commit[:12]})"
+    return find_changes(profile, facts, spec.fingerprint, model_dir=now), None
+
+
 # Plan request keys -> `profile` options, with the defaults that need not be repeated.
 _REQUEST_FLAGS = {"context": ("--context", None), "cache": ("--cache", None), "backend": ("--backend", None),
                   "min_cache_precision": ("--min-cache-precision", None), "budget": ("--budget", "total"),
@@ -216,7 +250,8 @@ def replan_command(profile: Profile, path: Path) -> str:
     """The `exlx-autocfg profile` command that re-plans this profile with the options it was made with."""
     import shlex
 
-    model = profile.computed_for.model.dir or profile.computed_for.model.name
+    m = profile.computed_for.model
+    model = m.dir or (f"hf:{m.hf_repo}@{m.hf_revision or m.hf_commit}" if m.hf_repo else m.name)
     args = ["exlx-autocfg", "profile", model]
     for key, value in profile.request.items():
         flag, default = _REQUEST_FLAGS.get(key, (None, None))
@@ -264,7 +299,10 @@ def render_show(profile: Profile, source: str) -> str:
     lines += [f"  {k:<19} {v}" for k, v in rows]
     lines += ["", "computed for"]
     fp = (cf.model.fingerprint or "none")[:12]
-    lines.append(f"  model      {cf.model.name}  ({cf.model.dir or 'catalog'}, fingerprint {fp})")
+    hub = cf.model
+    where = cf.model.dir or (f"hf:{hub.hf_repo}@{hub.hf_revision}, commit {(hub.hf_commit or '?')[:12]}"
+                             if hub.hf_repo else "catalog")
+    lines.append(f"  model      {cf.model.name}  ({where}, fingerprint {fp})")
     for g in cf.gpus:
         cc = f", CC {g.compute_capability}" if g.compute_capability else ""
         used = "" if g.used else "  (not used)"

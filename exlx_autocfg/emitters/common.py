@@ -50,7 +50,9 @@ def gpu_label(src: EmitInput) -> str:
 
 
 def model_label(src: EmitInput) -> str:
-    where = f" ({src.model_path})" if src.model_path else " (catalog entry, no local path)"
+    where = (f" ({src.model_path})" if src.model_path
+             else f" ({src.model_source})" if src.model_source
+             else " (catalog entry, no local path)")
     return one_line(src.model_name) + where
 
 

@@ -36,7 +36,8 @@ class EmitInput:
     settings: Settings
     gpus: list[Any]  # GpuRef, the GPUs the settings use, in CUDA order
     model_name: str
-    model_path: str | None  # None for catalog models
+    model_path: str | None  # None for catalog and Hub models
+    model_source: str | None = None  # where a model with no local path comes from ("hf:org/repo@rev, ...")
     reasons: list[Reason] = field(default_factory=list)
     warnings: list[Finding] = field(default_factory=list)
     tool_version: str = ""
@@ -50,6 +51,7 @@ class EmitInput:
             gpus=_cuda_order(plan.gpus),
             model_name=plan.model.name,
             model_path=plan.model.path,
+            model_source=_hub_label(plan.model.hub),
             reasons=list(plan.reasons),
             warnings=list(plan.warnings),
             tool_version=plan.tool_version,
@@ -65,6 +67,7 @@ class EmitInput:
             gpus=_cuda_order([g for g in cf.gpus if g.used]),
             model_name=cf.model.name,
             model_path=cf.model.dir,
+            model_source=_stamp_label(cf.model),
             reasons=list(profile.reasons),
             warnings=list(profile.warnings),
             tool_version=profile.tool_version,
@@ -83,6 +86,16 @@ def as_input(source: Any, machine_gpu_count: int | None = None) -> EmitInput:
     if isinstance(source, Profile):
         return EmitInput.from_profile(source)
     raise TypeError(f"cannot emit a {type(source).__name__}: give a Plan, a Profile or an EmitInput")
+
+
+def _hub_label(hub: Any) -> str | None:
+    return f"{hub.reference}, commit {hub.commit[:12]}, not downloaded" if hub else None
+
+
+def _stamp_label(model: Any) -> str | None:
+    if not model.hf_repo or model.dir:
+        return None
+    return f"hf:{model.hf_repo}@{model.hf_revision}, commit {(model.hf_commit or '')[:12]}, not downloaded"
 
 
 def _cuda_order(gpus: list[Any]) -> list[Any]:

@@ -197,11 +197,16 @@ def read_json_file(path: Path) -> tuple[bytes, Any]:
         raw = path.read_bytes()
     except OSError as exc:
         raise ModelSpecError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    return raw, parse_json_bytes(raw, str(path))
+
+
+def parse_json_bytes(raw: bytes, where: str) -> Any:
+    """JSON from the bytes of a file named `where` (a path, or a file of a Hub revision)."""
     try:
-        return raw, json.loads(raw.decode("utf-8"))
+        return json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
-        raise ModelSpecError(f"{path}: not UTF-8 text") from None
+        raise ModelSpecError(f"{where}: not UTF-8 text") from None
     except json.JSONDecodeError as exc:
-        raise ModelSpecError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        raise ModelSpecError(f"{where}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
     except (ValueError, RecursionError):
-        raise ModelSpecError(f"{path}: not valid JSON") from None
+        raise ModelSpecError(f"{where}: not valid JSON") from None

@@ -6,54 +6,87 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 from exlx_autocfg.errors import ModelSpecError
 from exlx_autocfg.model.config import parse_config, read_json_file
-from exlx_autocfg.model.safetensors import read_header
+from exlx_autocfg.model.safetensors import SafetensorsHeader, read_header
 from exlx_autocfg.model.spec import ModelSpec, TensorInfo
 
 
 def load_directory(directory: Path) -> ModelSpec:
     config_path = directory / "config.json"
     raw_config, config = read_json_file(config_path)
-    fields = parse_config(config, where=str(config_path))
     files = sorted(directory.glob("*.safetensors"))  # exllamav2 globs *.safetensors, ignoring the index
     if not files:
         raise ModelSpecError(f"{directory}: no .safetensors files")
-    digest = hashlib.sha256(raw_config)
-    tensors: dict[str, TensorInfo] = {}
-    for file in files:
-        header = read_header(file)
-        digest.update(file.name.encode() + b"\0" + header.header_bytes)
-        for t in header.tensors.values():
-            if t.name in tensors:
-                raise ModelSpecError(f"{file}: tensor {t.name!r} also in {tensors[t.name].file}")
-            tensors[t.name] = TensorInfo(t.name, t.dtype, t.shape, t.nbytes, file.name)
-    _check_index(directory, tensors)
-    spec = ModelSpec(
+    index_path = directory / "model.safetensors.index.json"
+    index = read_json_file(index_path)[1] if index_path.exists() else None
+    return spec_from_parts(
         name=directory.name,
         path=str(directory),
         source="directory",
+        where=str(directory),
+        raw_config=raw_config,
+        config=config,
+        config_where=str(config_path),
+        headers=[(file.name, read_header(file)) for file in files],
+        index=index,
+        index_where=str(index_path),
+    )
+
+
+def spec_from_parts(
+    *,
+    name: str,
+    path: str | None,
+    source: str,
+    where: str,
+    raw_config: bytes,
+    config: Any,
+    config_where: str,
+    headers: list[tuple[str, SafetensorsHeader]],
+    index: Any = None,
+    index_where: str = "model.safetensors.index.json",
+    **extra: Any,
+) -> ModelSpec:
+    """A ModelSpec from config.json's bytes and the safetensors headers (file name -> header), however they
+    were read: a model directory and the same files on the Hub give the same tensors and fingerprint.
+
+    The fingerprint is sha256 over the config.json bytes, then for each file in name order its name, a NUL
+    and its raw header (8-byte length + JSON)."""
+    fields = parse_config(config, where=config_where)
+    digest = hashlib.sha256(raw_config)
+    tensors: dict[str, TensorInfo] = {}
+    for file_name, header in sorted(headers, key=lambda item: item[0]):
+        digest.update(file_name.encode() + b"\0" + header.header_bytes)
+        for t in header.tensors.values():
+            if t.name in tensors:
+                raise ModelSpecError(f"{header.path}: tensor {t.name!r} also in {tensors[t.name].file}")
+            tensors[t.name] = TensorInfo(t.name, t.dtype, t.shape, t.nbytes, file_name)
+    if index is not None:
+        _check_index(index_where, index, tensors)
+    spec = ModelSpec(
+        name=name,
+        path=path,
+        source=source,
         tensors=tuple(tensors.values()),
         fingerprint=digest.hexdigest(),
         **fields,
+        **extra,
     )
-    _check_tensors(spec, directory)
+    _check_tensors(spec, where)
     return spec
 
 
-def _check_index(directory: Path, tensors: dict[str, TensorInfo]) -> None:
-    index_path = directory / "model.safetensors.index.json"
-    if not index_path.exists():
-        return
-    _, index = read_json_file(index_path)
+def _check_index(index_where: str, index: Any, tensors: dict[str, TensorInfo]) -> None:
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict):
-        raise ModelSpecError(f"{index_path}: no weight_map object")
+        raise ModelSpecError(f"{index_where}: no weight_map object")
     for name, file in weight_map.items():
         info = tensors.get(name)
         if info is None or info.file != file:
-            raise ModelSpecError(f"{index_path}: maps {name!r} to {file!r}, which does not hold it")
+            raise ModelSpecError(f"{index_where}: maps {name!r} to {file!r}, which does not hold it")
 
 
 def _linear_keys(spec: ModelSpec, layer: int) -> list[tuple[str, str | None, int, int]]:
@@ -81,7 +114,7 @@ def _linear_keys(spec: ModelSpec, layer: int) -> list[tuple[str, str | None, int
     return out
 
 
-def _check_tensors(spec: ModelSpec, directory: Path) -> None:
+def _check_tensors(spec: ModelSpec, directory: str) -> None:
     """The keys exllamav2's `check_keys` demands, with shapes that agree with config.json."""
     have = {t.name: t for t in spec.tensors}
 

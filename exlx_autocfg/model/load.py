@@ -1,4 +1,5 @@
-"""`load_model_spec(ref)`: a model directory (config.json + *.safetensors, headers only) or a catalog
+"""`load_model_spec(ref)`: a model directory (config.json + *.safetensors, headers only), a Hugging Face
+revision `hf:ORG/REPO[@REVISION]` (config.json and headers by range requests, `model.hub`) or a catalog
 reference such as `yi-34b@4.0bpw` / `llama3-8b` (profiles/models.toml)."""
 
 from __future__ import annotations
@@ -20,8 +21,15 @@ def _looks_like_path(ref: str) -> bool:
 
 
 def load_model_spec(ref: str | os.PathLike[str], *, bpw: float | None = None) -> ModelSpec:
-    """A model directory, or a catalog reference `id[@<bpw>[bpw]|@fp16]` (default 4.0 bpw)."""
+    """A model directory, `hf:ORG/REPO[@REVISION]` (default revision main), or a catalog reference
+    `id[@<bpw>[bpw]|@fp16]` (default 4.0 bpw)."""
     text = os.fspath(ref)
+    from exlx_autocfg.model.hub import is_hub_ref
+
+    if is_hub_ref(text):
+        from exlx_autocfg.model.hub import read_hub_spec
+
+        return read_hub_spec(text)
     path = Path(text).expanduser()
     if path.is_dir():
         return load_directory(path)

@@ -56,28 +56,41 @@ def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
         with path.open("rb") as fh:
             size = os.fstat(fh.fileno()).st_size
             prefix = fh.read(8)
-            if len(prefix) < 8:
-                raise _fail(path, f"truncated safetensors file ({size} bytes, no header length)")
-            (length,) = struct.unpack("<Q", prefix)
-            if length > MAX_HEADER_BYTES:
-                raise _fail(path, f"safetensors header length {length} is absurd (limit {MAX_HEADER_BYTES})")
-            if 8 + length > size:
-                raise _fail(
-                    path, f"truncated safetensors header ({length} bytes announced, {size - 8} present)"
-                )
+            length = header_length(path, prefix, size)
             raw = fh.read(length)
     except OSError as exc:
         raise _fail(path, f"cannot read: {exc.strerror or exc}") from None
+    return parse_header_bytes(path, prefix + raw, size)
+
+
+def header_length(path: Path, prefix: bytes, file_size: int, limit: int = MAX_HEADER_BYTES) -> int:
+    """The header length the first 8 bytes announce, checked against the file size and `limit`."""
+    if len(prefix) < 8:
+        raise _fail(path, f"truncated safetensors file ({file_size} bytes, no header length)")
+    (length,) = struct.unpack("<Q", prefix[:8])
+    if length > limit:
+        raise _fail(path, f"safetensors header length {length} is absurd (limit {limit})")
+    if 8 + length > file_size:
+        raise _fail(path, f"truncated safetensors header ({length} bytes announced, {file_size - 8} present)")
+    return length
+
+
+def parse_header_bytes(path: Path, header_bytes: bytes, file_size: int) -> SafetensorsHeader:
+    """Parse the 8-byte length + JSON header of a file of `file_size` bytes, wherever the bytes came from
+    (a local file, or HTTP range requests on the Hub): the same checks, the same errors."""
+    length = header_length(path, header_bytes[:8], file_size)
+    raw = header_bytes[8:]
     if len(raw) < length:
         raise _fail(path, "truncated safetensors header")
+    raw = raw[:length]
     try:
         doc = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise _fail(path, f"safetensors header is not JSON ({type(exc).__name__})") from None
     if not isinstance(doc, dict):
         raise _fail(path, "safetensors header is not a JSON object")
-    tensors, metadata = _parse_entries(path, doc, data_size=size - 8 - length)
-    return SafetensorsHeader(path, prefix + raw, tensors, metadata, size)
+    tensors, metadata = _parse_entries(path, doc, data_size=file_size - 8 - length)
+    return SafetensorsHeader(path, header_bytes[:8] + raw, tensors, metadata, file_size)
 
 
 def _parse_entries(

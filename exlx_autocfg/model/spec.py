@@ -1,16 +1,37 @@
 """What the planner knows about a model: its dimensions and tensors (a `ModelSpec`), however it was read.
 
-`exlx_autocfg.model.load.load_model_spec(ref)` builds one from a model directory (`directory`), or from the
-catalog (`catalog`); `config.parse_config` reads config.json the way exllamav2 0.3.2 does.
+`exlx_autocfg.model.load.load_model_spec(ref)` builds one from a model directory (`directory`), from the
+catalog (`catalog`), or from a Hugging Face repo revision's config.json and safetensors headers (`hub`, see
+`model.hub`); `config.parse_config` reads config.json the way exllamav2 0.3.2 does.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
 from exlx_autocfg.model.architectures import ArchRules, arch_rules
+
+
+@dataclass(frozen=True)
+class HubSource:
+    """Where a `hub` spec was read: the repo, the revision asked for, the commit it resolved to, and what the
+    read cost (bytes fetched from the network for it; 0 when everything came from the cache)."""
+
+    repo: str
+    revision: str
+    commit: str
+    endpoint: str = "https://huggingface.co"
+    files: tuple[str, ...] = ()  # files read (config.json, the index, each safetensors header)
+    bytes_read: int = 0  # bytes fetched from the network for this read (response bodies)
+    bytes_cached: int = 0  # bytes of configs and headers served from the cache instead
+    weights_bytes: int = 0  # size of the *.safetensors files: what downloading the revision costs
+    offline: bool = False  # HF_HUB_OFFLINE: read from the cache alone
+
+    @property
+    def reference(self) -> str:
+        return f"hf:{self.repo}@{self.revision}"
 
 
 @dataclass
@@ -27,7 +48,8 @@ class ModelSummary:
     max_position_embeddings: int
     bits_per_weight: float | None = None
     fingerprint: str | None = None  # sha256 over config.json and the safetensors headers
-    source: str = "directory"  # directory | catalog
+    source: str = "directory"  # directory | catalog | hub
+    hub: HubSource | None = None  # for source "hub": repo, revision, commit, bytes read
 
 
 @dataclass(frozen=True)
@@ -43,7 +65,7 @@ class TensorInfo:
 class ModelSpec:
     name: str
     path: str | None
-    source: str  # "directory" | "catalog"
+    source: str  # "directory" | "catalog" | "hub"
     architecture: str
     num_hidden_layers: int
     hidden_size: int
@@ -71,6 +93,9 @@ class ModelSpec:
     fingerprint: str | None = None
     catalog_id: str | None = None
     hf_repo: str | None = None
+    # Where a `hub` spec was read. Not part of the model's identity: a revision read from the Hub and the same
+    # files in a directory compare by tensors and fingerprint.
+    hub: HubSource | None = field(default=None, compare=False)
 
     @property
     def rules(self) -> ArchRules:
@@ -106,4 +131,5 @@ class ModelSpec:
             bits_per_weight=self.bits_per_weight,
             fingerprint=self.fingerprint,
             source=self.source,
+            hub=self.hub,
         )

@@ -254,9 +254,12 @@ def device_totals_at(facts: Facts, model: Any, plan_: Plan, seq_len: int, **requ
     budgets = [budget_of(g, req)[0] for g in gpus]
     reserves = [reserve_of(overheads) for _ in gpus]
     s = plan_.settings
+    # The chunk as picked, before exllamav2 clamped it to max_seq_len: at another length it clamps again.
+    chunk_reason = plan_.reason("chunk_size")
+    chunk = int((chunk_reason.evidence if chunk_reason else {}).get("picked", s.max_input_len))
     solver = Solver(model, s.backend, budgets, reserves, req.batch_size)
-    devices = solver.place(s.cache_mode, seq_len, s.max_input_len)
+    devices = solver.place(s.cache_mode, seq_len, chunk)
     if devices is None:
         return None
-    c = solver.costs(s.cache_mode, seq_len, min(s.max_input_len, seq_len))
+    c = solver.costs(s.cache_mode, seq_len, min(chunk, seq_len))
     return [d.total(c) for d in devices]

@@ -167,7 +167,7 @@ def pick_chunk(per_chunk: dict[int, int], target: int) -> int:
 
 def chunk_reason(chunk: int, per_chunk: dict[int, int], forced: bool, used: int) -> Reason:
     """`chunk` as picked; `used` is what exllamav2 gets (it clamps max_input_len to max_seq_len)."""
-    evidence = {"max_seq_len_by_chunk": {str(k): v for k, v in per_chunk.items()}}
+    evidence = {"max_seq_len_by_chunk": {str(k): v for k, v in per_chunk.items()}, "picked": chunk}
     if forced:
         return Reason("chunk_size", str(used), "chunk.forced", f"forced by --chunk-size {chunk}", evidence)
     others = ", ".join(f"{ch} reaches {n}" for ch, n in per_chunk.items() if ch != chunk)

@@ -78,6 +78,9 @@ class ModelStamp:
     dir: str | None = None
     fingerprint: str | None = None  # sha256 over config.json and the safetensors headers
     architecture: str = ""
+    hf_repo: str | None = None  # planned from the Hugging Face Hub: the repo,
+    hf_revision: str | None = None  # the revision asked for (branch, tag or commit)
+    hf_commit: str | None = None  # and the commit it resolved to
 
 
 @dataclass
@@ -162,11 +165,15 @@ def computed_for_facts(facts: Facts, model: ModelStamp, used_indices: set[int] |
 
 
 def profile_from_plan(plan: Plan, facts: Facts, *, created: str | None = None) -> Profile:
+    hub = plan.model.hub
     model = ModelStamp(
         name=plan.model.name,
         dir=plan.model.path,
         fingerprint=plan.model.fingerprint,
         architecture=plan.model.architecture,
+        hf_repo=hub.repo if hub else None,
+        hf_revision=hub.revision if hub else None,
+        hf_commit=hub.commit if hub else None,
     )
     used = {g.index for g in plan.gpus}
     return Profile(
@@ -206,6 +213,15 @@ def default_profile_path(model_name: str, model_fingerprint: str | None, machine
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", model_name).strip("-.")[:60] or "model"
     fp = (model_fingerprint or "nofingerprint")[:12]
     return default_profiles_dir() / f"{slug}-{fp}-{machine}.toml"
+
+
+def profiles_for_model(model_fingerprint: str | None, machine: str) -> list[Path]:
+    """Profiles in the default directory for this model fingerprint and machine, whatever the model was named
+    (a profile planned from hf:ORG/REPO@REVISION is found for the directory it was downloaded to)."""
+    directory = default_profiles_dir()
+    if not model_fingerprint or not directory.is_dir():
+        return []
+    return sorted(directory.glob(f"*-{model_fingerprint[:12]}-{machine}.toml"))
 
 
 # ---------------------------------------------------------------------------------------------------------

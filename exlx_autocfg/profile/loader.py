@@ -30,6 +30,7 @@ from exlx_autocfg.profile.format import (
     default_profile_path,
     machine_identity,
     profile_from_plan,
+    profiles_for_model,
     read_profile,
     write_profile,
 )
@@ -372,6 +373,8 @@ def _find_profile(profile: str | os.PathLike[str] | Profile | None, spec: Any,
         return None, profile
     if profile is None:
         path = default_profile_path(spec.name, spec.fingerprint, machine_identity(facts))
+        if not path.exists():  # e.g. planned from the Hub before the download: same model, another name
+            path = next(iter(profiles_for_model(spec.fingerprint, machine_identity(facts))), path)
     else:
         path = Path(profile).expanduser()
     return path, (read_profile(path) if path.exists() else None)

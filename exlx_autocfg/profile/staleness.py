@@ -62,6 +62,14 @@ def _model_changes(old: ModelStamp, new: ModelStamp, dir_exists: bool) -> list[C
     if old.dir and not dir_exists:
         return [Change("model", "model", f"model directory {old.dir} no longer exists", "stale.model.gone")]
     if old.fingerprint and new.fingerprint and old.fingerprint != new.fingerprint:
+        if old.hf_repo and not old.dir:  # planned before the download
+            where = new.dir or "the model"
+            return [Change("model", "model",
+                           f"the profile was planned from hf:{old.hf_repo}@{old.hf_revision} (commit "
+                           f"{(old.hf_commit or '?')[:12]}), but {where} holds another revision or model: "
+                           "config.json or the safetensors headers differ "
+                           f"(fingerprint {old.fingerprint[:12]} -> {new.fingerprint[:12]})",
+                           "stale.model.other_revision")]
         if old.dir and new.dir and os.path.normpath(old.dir) != os.path.normpath(new.dir):
             return [Change("model", "model",
                            f"the profile was computed for another model: {old.name} in {old.dir}, "
