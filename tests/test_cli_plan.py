@@ -49,7 +49,7 @@ def test_json_document(capsys):
     ("args", "code", "needle"),
     [
         (["--gpu", "RTX 3080"], 2, "unknown GPU 'RTX 3080' (close matches: rtx-3090"),
-        (["--gpu", "3090", "--assume", "flash-attn>=2.6"], 2, "bad --assume 'flash-attn>=2.6'"),
+        (["--gpu", "3090", "--assume", "flash-attn>=2.6"], 2, "--assume 'flash-attn>=2.6': expected PKG=="),
         (
             ["--gpu", "t4", "--assume", "flash-attn==2.7.4", "--backend", "flash_attn"],
             2,

@@ -104,7 +104,7 @@ def test_context_and_precision_overrides(specs):
     assert "not allowed by --min-cache-precision FP16" in p.reason("cache_mode").rejected["Q4"]
     p = plan(facts, spec, cache="q6", context=8192)
     assert p.cache_mode == "Q6" and p.max_seq_len == 8192
-    with pytest.raises(UsageError, match="--cache 'Q5'"):
+    with pytest.raises(UsageError, match="cache='Q5'"):  # the keyword, from Python
         plan(facts, spec, cache="Q5")
     with pytest.raises(UsageError, match="unknown plan option"):
         plan(facts, spec, contxt=4096)

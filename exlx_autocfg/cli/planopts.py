@@ -20,7 +20,9 @@ from typing import Annotated
 
 import typer
 
+from exlx_autocfg.errors import OptionError
 from exlx_autocfg.facts.types import Facts
+from exlx_autocfg.model.spec import ModelSpec
 from exlx_autocfg.planner.core import DEFAULT_MARGIN_MIB
 from exlx_autocfg.planner.types import Plan
 
@@ -39,6 +41,7 @@ __all__ = [
     "MinCacheOpt",
     "ModelArg",
     "PythonOpt",
+    "check_plan_options",
     "facts_from_options",
     "plan_from_options",
 ]
@@ -128,6 +131,13 @@ PythonOpt = Annotated[
 ]
 
 
+def check_plan_options(*, gpu: list[str] | None = None, python: str | None = None) -> None:
+    """Refuse option combinations a plan would silently ignore; cheap, so commands run it before probing."""
+    if gpu and python is not None:
+        raise OptionError("python", python, "applies only to a plan for this machine: a what-if plan (--gpu) "
+                          "does not probe an interpreter; give its libraries with --assume PKG==VERSION")
+
+
 def facts_from_options(
     *,
     gpu: list[str] | None = None,
@@ -139,6 +149,7 @@ def facts_from_options(
     `python` (with `--assume` applied on top)."""
     from exlx_autocfg.facts.what_if import what_if_facts
 
+    check_plan_options(gpu=gpu, python=python)
     if gpu:
         return what_if_facts(gpu, assume, recommended=True)
     from exlx_autocfg.facts.detect import detect
@@ -148,7 +159,7 @@ def facts_from_options(
 
 
 def plan_from_options(
-    model: str,
+    model: str | ModelSpec,
     *,
     gpu: list[str] | None = None,
     assume: list[str] | None = None,
@@ -164,12 +175,14 @@ def plan_from_options(
     python: str | None = None,
     facts: Facts | None = None,
 ) -> Plan:
-    """Facts (given, what-if or detected), the model spec, then `planner.plan`. Raises ExlxError subclasses
-    only (UsageError, ModelSpecError, BackendRefusedError, DoesNotFitError, ProbeError)."""
+    """The model spec (a loaded `ModelSpec` is used as it is), facts (given, what-if or detected), then
+    `planner.plan`. Raises ExlxError subclasses only (UsageError and its OptionError, ModelSpecError,
+    SpecialFileError, BackendRefusedError, DoesNotFitError, ProbeError)."""
     from exlx_autocfg.model.load import load_model_spec
     from exlx_autocfg.planner.core import plan
 
-    spec = load_model_spec(model, bpw=bpw)
+    check_plan_options(gpu=gpu, python=python)
+    spec = model if isinstance(model, ModelSpec) else load_model_spec(model, bpw=bpw)
     if facts is None:
         facts = facts_from_options(gpu=gpu, assume=assume, python=python)
     return plan(

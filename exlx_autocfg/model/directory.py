@@ -5,6 +5,7 @@ exllamav2's `ExLlamaV2Config.prepare` / `check_keys` check them.
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 from exlx_autocfg.errors import ModelSpecError
@@ -43,17 +44,37 @@ def load_directory(directory: Path) -> ModelSpec:
 
 
 def _check_index(directory: Path, tensors: dict[str, TensorInfo]) -> None:
+    """model.safetensors.index.json, when present, must agree with the files exactly: every entry names a
+    file that is there and holds that tensor, and every tensor the files hold is listed (Hugging Face
+    loaders read the index, not the files: a tensor missing from it is a tensor they never load)."""
     index_path = directory / "model.safetensors.index.json"
-    if not index_path.exists():
+    if not os.path.lexists(index_path):
         return
     _, index = read_json_file(index_path)
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict):
         raise ModelSpecError(f"{index_path}: no weight_map object")
+    shards = {t.file for t in tensors.values()}
     for name, file in weight_map.items():
+        if not isinstance(file, str):
+            raise ModelSpecError(f"{index_path}: maps {name!r} to {file!r}, which is not a file name")
         info = tensors.get(name)
-        if info is None or info.file != file:
-            raise ModelSpecError(f"{index_path}: maps {name!r} to {file!r}, which does not hold it")
+        if info is not None and info.file == file:
+            continue
+        where = f"{index_path}: maps {name!r} to {file!r}"
+        if file not in shards:
+            if Path(file).name != file or not os.path.lexists(directory / file):
+                raise ModelSpecError(f"{where}, which is missing from {directory}")
+            raise ModelSpecError(f"{where}, which is not one of its .safetensors files")
+        held = f" (it is in {info.file})" if info is not None else " (no file holds it)"
+        raise ModelSpecError(f"{where}, which does not hold it{held}")
+    unlisted = [name for name in tensors if name not in weight_map]
+    if unlisted:
+        more = f" and {len(unlisted) - 1} more" if len(unlisted) > 1 else ""
+        raise ModelSpecError(
+            f"{index_path}: lists {len(weight_map)} of the {len(tensors)} tensors the files hold "
+            f"(not listed: {unlisted[0]!r}{more})"
+        )
 
 
 def _linear_keys(spec: ModelSpec, layer: int) -> list[tuple[str, str | None, int, int]]:

@@ -18,8 +18,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from exlx_autocfg import __version__
-from exlx_autocfg.errors import BackendRefusedError, DoesNotFitError, UsageError
+from exlx_autocfg.errors import BackendRefusedError, DoesNotFitError, OptionError, UsageError
 from exlx_autocfg.facts.types import GPU, Facts
+from exlx_autocfg.options import check_kinds
 from exlx_autocfg.planner import memory
 from exlx_autocfg.planner.backends import LATEST_EXLLAMAV2, BackendQuery, Selection, rules, select, version_of
 from exlx_autocfg.planner.types import (
@@ -41,6 +42,10 @@ MAX_CONTEXT = 1 << 22  # search ceiling when the target is absurdly large
 
 
 # ------------------------------------------------------------------------------------------------ request
+
+# The types a Python caller must pass (the CLI parser gives them already).
+REQUEST_KINDS: dict[str, type] = {"context": int, "cache": str, "backend": str, "min_cache_precision": str,
+                                  "budget": str, "margin_mib": int, "batch_size": int, "chunk_size": int}
 
 
 @dataclass(frozen=True)
@@ -69,33 +74,35 @@ class Request:
         return req.normalised()
 
     def normalised(self) -> Request:
+        """Checked and canonical (upper-case cache modes, `auto` backend as None). Raises OptionError
+        naming the keyword argument (the CLI shows it as the flag)."""
+        check_kinds(asdict(self), REQUEST_KINDS)
         changes: dict[str, Any] = {}
         for name in ("cache", "min_cache_precision"):
             value = getattr(self, name)
             if value is not None:
                 upper = str(value).upper()
                 if upper not in CACHE_MODES:
-                    raise UsageError(
-                        f"--{name.replace('_', '-')} {value!r}: choose one of {', '.join(CACHE_MODES)}"
-                    )
+                    raise OptionError(name, value, f"choose one of {', '.join(CACHE_MODES)}")
                 changes[name] = upper
         if self.backend is not None:
             from exlx_autocfg.planner.backends import check_name
 
             changes["backend"] = None if str(self.backend).lower() == "auto" else check_name(self.backend)
         if self.budget not in ("total", "free"):
-            raise UsageError(f"--budget {self.budget!r}: choose total or free")
+            raise OptionError("budget", self.budget, "choose total or free")
         if self.context is not None and self.context < 1:
-            raise UsageError(f"--context {self.context}: must be a positive number of tokens")
+            raise OptionError("context", self.context, "must be a positive number of tokens")
         if self.margin_mib < 0:
-            raise UsageError(f"--margin-mib {self.margin_mib}: must be >= 0")
+            raise OptionError("margin_mib", self.margin_mib, "must be >= 0")
         if self.batch_size < 1:
-            raise UsageError(f"--batch-size {self.batch_size}: must be >= 1")
+            raise OptionError("batch_size", self.batch_size, "must be >= 1")
         if self.chunk_size is not None and (self.chunk_size < PAGE or self.chunk_size % PAGE):
-            raise UsageError(f"--chunk-size {self.chunk_size}: must be a multiple of {PAGE}")
+            raise OptionError("chunk_size", self.chunk_size, f"must be a multiple of {PAGE}")
         cache, floor = changes.get("cache"), changes.get("min_cache_precision")
         if cache and floor and CACHE_MODES.index(cache) > CACHE_MODES.index(floor):
-            raise UsageError(f"--cache {cache} is coarser than --min-cache-precision {floor}")
+            raise OptionError("cache", cache,
+                              f"is coarser than the minimum cache precision {floor} also given")
         return Request(**{**asdict(self), "overheads": self.overheads, **changes})
 
     def to_dict(self) -> dict[str, Any]:
@@ -563,7 +570,8 @@ def _does_not_fit(solver: _Solver, gpus: list[GPU], modes: list[str], chunks: li
     names = " + ".join(g.name for g in gpus)
     if weights > usable:
         return (
-            f"model weights need {_fmt_gib(weights)} on the GPU but {names} offer {_fmt_gib(usable)} after "
+            f"model weights need {_fmt_gib(weights)} on the GPU but {names} "
+            f"{'offers' if len(gpus) == 1 else 'offer'} {_fmt_gib(usable)} after "
             f"reserves and margin: {_fmt_gib(weights - usable)} missing"
         )
     mode, chunk = modes[-1], min(chunks)
@@ -753,6 +761,12 @@ def _assemble(
     if facts.what_if:
         libs = ", ".join(f"{n} {lib.version}" for n, lib in sorted(facts.libraries.items()) if lib.installed)
         warnings.append(f"what-if plan (facts from the GPU table and assumed versions: {libs or 'none'})")
+        if facts.gpu.source == "table":
+            from exlx_autocfg.facts.what_if import what_if_gpu_order  # code plan.what_if.gpu_order
+
+            order = what_if_gpu_order(facts.gpu.gpus)
+            if order is not None:
+                warnings.append(order.message)
     cuda_gpus = [g for g in gpus if g.vendor == "nvidia"]
     exl3_cc = version_of(rules()["exl3"]["min_cc"])
     if (
