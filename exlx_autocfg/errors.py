@@ -82,7 +82,9 @@ class OptionError(UsageError):
                  flag: str | None = None) -> None:
         self.option, self.value, self.problem = option, value, problem
         self.flag = flag or "--" + option.replace("_", "-")
-        super().__init__(f"{option}={value!r}: {problem}", hint=hint)
+        import reprlib
+
+        super().__init__(f"{option}={reprlib.repr(value)}: {problem}", hint=hint)
 
     def cli_line(self) -> str:
         import shlex

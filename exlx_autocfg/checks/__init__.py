@@ -198,7 +198,7 @@ def check(
     seconds("import_timeout", import_timeout)
     check_kind("python", python, str)
     if facts is not None and not isinstance(facts, Facts):
-        raise OptionError("facts", type(facts).__name__, "must be a Facts document (Facts.from_json)")
+        raise OptionError("facts", facts, "must be a Facts document (Facts.from_json)")
     started = time.monotonic()
     requirements = list(require)
     parse_requirements(requirements)  # usage errors before any probing

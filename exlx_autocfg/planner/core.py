@@ -14,6 +14,7 @@ Decisions, in order, each with its reason and the alternatives it rejected:
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -373,14 +374,21 @@ def plan(facts: Facts, model: Any, **request: Any) -> Plan:
     """Plan backend, cache mode, context, chunk size and GPU split for `model` on the machine in `facts`.
 
     `model` is a `ModelSpec` or a reference `load_model_spec` accepts (directory, `yi-34b@4.0bpw`).
-    Keyword options: see `Request`. Raises `UsageError` (bad options, no GPU), `BackendRefusedError`
-    (a forced backend that is invalid here) or `DoesNotFitError` (not even 256 tokens fit).
+    Keyword options: see `Request`. Raises `UsageError` (bad options, no GPU; `OptionError` names the
+    keyword argument), `ModelSpecError` / `SpecialFileError` (a model reference that does not load),
+    `BackendRefusedError` (a forced backend that is invalid here) or `DoesNotFitError` (not even 256
+    tokens fit).
     """
+    if not isinstance(facts, Facts):
+        raise OptionError("facts", facts, "must be a Facts document (detect() or what-if)")
     req = Request.from_kwargs(request)
-    if isinstance(model, str):
+    if isinstance(model, (str, os.PathLike)):
         from exlx_autocfg.model.load import load_model_spec
 
         model = load_model_spec(model)
+    elif not hasattr(model, "num_hidden_layers"):
+        raise OptionError("model", model, "must be a ModelSpec, a model directory or a "
+                          "catalog reference")
     m = _model(model)
     all_gpus = _gpus_in_cuda_order(facts)
     if not all_gpus:
