@@ -28,7 +28,8 @@ def load_model_spec(ref: str | os.PathLike[str], *, bpw: float | None = None) ->
     """
     text = os.fspath(ref) if isinstance(ref, (str, os.PathLike)) else None
     if not isinstance(text, str) or not text.strip():
-        raise OptionError("model", ref, "must be a model directory or a catalog reference (yi-34b@4.0bpw)")
+        raise OptionError("model", ref, "must be a model directory or a catalog reference (yi-34b@4.0bpw)",
+                          flag="MODEL")
     path = Path(text).expanduser()
     if bpw is not None and (isinstance(bpw, bool) or not isinstance(bpw, (int, float))):
         raise OptionError("bpw", bpw, "must be a number of bits per weight")
