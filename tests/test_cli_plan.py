@@ -108,3 +108,13 @@ def test_end_to_end_subprocess():
         [exe, "plan", "yi-34b@4.0bpw", "--gpu", "p4O"], capture_output=True, text=True, timeout=60
     )
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+
+
+def test_what_if_mixed_rig_plan_warns_about_the_order(capsys):
+    from exlx_autocfg.cli import run
+
+    assert run(["plan", "llama3-70b", "--gpu", "3090", "--gpu", "p40", "--json"]) == 0
+    warnings = json.loads(capsys.readouterr().out)["warnings"]
+    assert any(w.startswith("what-if rig of different GPUs: taken in the --gpu order") for w in warnings)
+    assert run(["plan", "llama3-8b", "--gpu", "2x3090", "--json"]) == 0
+    assert not any("--gpu order" in w for w in json.loads(capsys.readouterr().out)["warnings"])
