@@ -106,6 +106,8 @@ CODES: dict[str, str] = {
     # ----------------------------------------------------------------------------- plan warnings
     "plan.exllamav2_assumed": "exllamav2 is not installed: planned for the newest release",
     "plan.what_if": "the plan's facts come from the GPU table and assumed versions",
+    "plan.what_if.gpu_order": "a what-if rig of different GPUs: the --gpu order is assumed to be the PCI bus "
+    "order and CUDA's device order",
     "plan.exl3_available": "every GPU runs ExLlamaV3 (EXL3), the maintained path",
     "plan.detect_problem": "a problem detect found on this machine",
     "context.target_not_reached": "the requested context does not fit with the chosen cache",

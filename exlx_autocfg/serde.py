@@ -57,6 +57,8 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
         for f in dataclasses.fields(tp):
             if f.name in value:
                 kwargs[f.name] = _convert(hints[f.name], value[f.name], f"{path}.{f.name}")
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise TypeError(f"{path}.{f.name}: missing")
         try:
             return tp(**kwargs)
         except TypeError as exc:
@@ -96,3 +98,13 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
             raise ValueError(f"{path}: {value!r} is not one of {allowed}")
         return value
     return value
+
+
+def schema_problem(value: Any, supported: int) -> str | None:
+    """Why `value` is not the schema number this tool reads (None when it is): a document's `schema` is
+    the integer `supported`; the string "1", 1.0 or true are refused as such, not as another version."""
+    if type(value) is int:
+        return None if value == supported else (
+            f"version {value} is not supported (this tool reads schema {supported})")
+    shown = f"the string {value!r}" if isinstance(value, str) else f"{type(value).__name__} {value!r}"
+    return f"must be the integer {supported}, got {shown}"

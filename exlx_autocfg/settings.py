@@ -20,6 +20,8 @@ from exlx_autocfg.errors import InputError
 class SettingsError(InputError):
     """A settings value exllamav2 cannot run; `key` names it (`max_seq_len`, `gpu_split[1]`)."""
 
+    code = "error.settings"
+
     def __init__(self, key: str, message: str) -> None:
         super().__init__(f"{key}: {message}")
         self.key = key

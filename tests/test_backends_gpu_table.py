@@ -167,3 +167,54 @@ def test_recommended_stack_follows_the_weakest_gpu(gpus, expected):
 def test_assume_none_removes_a_recommended_library():
     facts = what_if_facts(["3090"], ["flash-attn==none"], recommended=True)
     assert not facts.lib("flash-attn").installed and facts.lib("xformers").installed
+
+
+def test_ambiguous_names_are_consistent_with_the_table():
+    """Every `[[ambiguous]]` name lists at least two real rows and is no row's own spelling; every family
+    the table holds in several memory sizes (`a100-40gb`, `a100-80gb`) without a row of its bare name is
+    listed, so a bare family name can never silently pick one size."""
+    from exlx_autocfg.facts.what_if import ambiguous_names
+
+    rows = {r.id: r for r in gpu_table()}
+    spellings = {_key(s) for r in rows.values() for s in (r.id, r.name, *r.aliases)}
+    ambiguous = ambiguous_names()
+    for key, candidates in ambiguous.items():
+        assert len(candidates) >= 2 and set(candidates) <= set(rows), key
+        assert len({rows[c].memory_mib for c in candidates}) == len(candidates), key
+        assert key not in spellings, f"{key} is both ambiguous and a spelling of one GPU"
+    families: dict[str, set[str]] = {}
+    for rid in rows:
+        family, sep, size = rid.rpartition("-")
+        if sep and size.endswith("gb") and size[:-2].isdigit():
+            families.setdefault(family, set()).add(rid)
+    for family, ids in families.items():
+        if len(ids) > 1 and family not in rows:
+            assert _key(family) in ambiguous and set(ambiguous[_key(family)]) == ids, family
+
+
+@pytest.mark.parametrize("name", ["A100", "a100", "V100", "Tesla V100", "2xA100", "a100x2"])
+def test_ambiguous_names_are_refused_with_the_candidates(name):
+    with pytest.raises(UsageError) as info:
+        parse_gpu_option(name)
+    line = info.value.one_line()
+    assert "is ambiguous: the table has" in line and "\n" not in line
+    candidates = ("a100-40gb (40 GiB), a100-80gb (80 GiB)", "v100-16gb (16 GiB), v100-32gb (32 GiB)")
+    assert any(c in line for c in candidates)
+
+
+@pytest.mark.parametrize(("text", "count"), [("2x3090", 2), ("4 x RTX 4090", 4), ("3*p40", 3), ("2X t4", 2)])
+def test_count_may_come_first(text, count):
+    rows = parse_gpu_option(text)
+    assert len(rows) == count and len({r.id for r in rows}) == 1
+
+
+def test_what_if_mixed_rig_says_it_assumes_the_gpu_order():
+    from exlx_autocfg.findings import CODES
+
+    mixed = what_if_facts(["3090", "p40"], recommended=True)
+    note = mixed.gpu.device_order.note or ""
+    assert "taken in the --gpu order (#0 NVIDIA GeForce RTX 3090, #1 Tesla P40)" in note
+    assert mixed.gpu.device_order.pci_order_matches_cuda is None
+    assert "plan.what_if.gpu_order" in CODES
+    same = what_if_facts(["3090x2"], recommended=True)
+    assert same.gpu.device_order.note is None and same.gpu.device_order.pci_order_matches_cuda is True

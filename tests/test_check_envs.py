@@ -177,7 +177,7 @@ def test_exl3_advice_on_h100(flash_broken_h100):
 
 def test_what_if_v100_with_xformers_031(cpu_xformers_026):
     _, facts = cpu_xformers_026
-    report = check(facts=facts, gpu=["v100"], assume=["xformers==0.0.31.post1"])
+    report = check(facts=facts, gpu=["v100-16gb"], assume=["xformers==0.0.31.post1"])
     assert report.what_if and report.verdict("exllamav2-import").details.get("skipped")
     v = report.verdict("xformers")
     assert v.status == "fail"

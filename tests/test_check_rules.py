@@ -95,7 +95,7 @@ def test_kernel_coverage_arch_specific_variants_only_on_their_cc():
 
 
 def test_v100_with_xformers_031_fails_and_names_the_gpu_floor():
-    report = verdicts(["v100"], ["torch==2.7.1+cu126", "xformers==0.0.31.post1"])
+    report = verdicts(["v100-16gb"], ["torch==2.7.1+cu126", "xformers==0.0.31.post1"])
     v = report.verdict("xformers")
     assert v.status == "fail"
     assert "V100" in v.reason and "7.0" in v.reason and "7.5" in v.reason
@@ -106,7 +106,7 @@ def test_v100_with_xformers_031_fails_and_names_the_gpu_floor():
 
 
 def test_v100_with_xformers_030_on_its_torch_passes():
-    v = verdicts(["v100"], ["torch==2.7.0+cu126", "xformers==0.0.30"]).verdict("xformers")
+    v = verdicts(["v100-16gb"], ["torch==2.7.0+cu126", "xformers==0.0.30"]).verdict("xformers")
     assert v.status == "pass", v.reason
 
 

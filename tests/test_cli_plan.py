@@ -53,7 +53,7 @@ def test_json_document(capsys):
     ("args", "code", "needle"),
     [
         (["--gpu", "RTX 3080"], 2, "unknown GPU 'RTX 3080' (close matches: rtx-3090"),
-        (["--gpu", "3090", "--assume", "flash-attn>=2.6"], 2, "bad --assume 'flash-attn>=2.6'"),
+        (["--gpu", "3090", "--assume", "flash-attn>=2.6"], 2, "--assume 'flash-attn>=2.6': expected PKG=="),
         (
             ["--gpu", "t4", "--assume", "flash-attn==2.7.4", "--backend", "flash_attn"],
             2,
@@ -114,3 +114,19 @@ def test_end_to_end_subprocess():
         [exe, "plan", "yi-34b@4.0bpw", "--gpu", "p4O"], capture_output=True, text=True, timeout=60
     )
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+
+
+def test_what_if_mixed_rig_plan_warns_about_the_order(capsys):
+    from exlx_autocfg.cli import run
+
+    assert run(["plan", "llama3-70b", "--gpu", "3090", "--gpu", "p40", "--json"]) == 0
+    warnings = json.loads(capsys.readouterr().out)["warnings"]
+    assert any(
+        w["message"].startswith("what-if rig of different GPUs: taken in the --gpu order")
+        and w["code"] == "plan.what_if.gpu_order"
+        for w in warnings
+    )
+    assert run(["plan", "llama3-8b", "--gpu", "2x3090", "--json"]) == 0
+    assert "plan.what_if.gpu_order" not in {
+        w["code"] for w in json.loads(capsys.readouterr().out)["warnings"]
+    }

@@ -17,7 +17,7 @@ from exlx_autocfg import cli
 def test_usage_errors_exit_2_with_one_message(argv, capsys):
     assert cli.run(argv) == 2
     err = capsys.readouterr().err
-    assert "Error:" in err and "Traceback" not in err
+    assert err.startswith("exlx-autocfg: error: ") and err.count("\n") == 1 and "Traceback" not in err
 
 
 def test_help_lists_every_command(capsys):

@@ -122,7 +122,7 @@ def test_another_interpreter(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Cap
 
 def test_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["detect", "--timeout", "0"]) == 2
-    assert "--timeout must be positive" in _one_error_line(capsys)
+    assert "--timeout 0.0: must be a positive, finite number of seconds" in _one_error_line(capsys)
     from exlx_autocfg.cli import detect as detect_cli
     from exlx_autocfg.facts import detect as detection
 

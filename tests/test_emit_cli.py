@@ -14,6 +14,7 @@ import yaml
 from exlx_autocfg.cli import run
 from exlx_autocfg.profile.format import profile_from_plan, write_profile
 from tests.support.emit_samples import RTX_3090, mixed_split_plan, turing_plan
+from tests.support.files import user_files
 from tests.support.profile_samples import facts, gpu_2080ti, gpu_p40
 
 
@@ -101,7 +102,7 @@ def test_out_directory_uses_the_targets_file_name(turing_profile, tmp_path):
         (["emit", "{profile}"], "--format is required"),
         (["emit", "-f", "env", "--shell", "zsh", "{profile}"], "unknown shell 'zsh'"),
         (["emit", "-f", "exllamav2-args", "--script", "chat.py", "{profile}"], "unknown script 'chat.py'"),
-        (["emit", "-f", "env", "{profile}", "--context", "4096"], "--context apply only to a MODEL"),
+        (["emit", "-f", "env", "{profile}", "--context", "4096"], "--context applies only to a MODEL"),
         (["emit", "-f", "env", "{missing}"], "no such file"),
         (["emit", "-f", "env", "{garbage}"], "not valid TOML"),
     ],
@@ -120,7 +121,7 @@ def test_yaml_target_that_is_not_a_mapping_is_left_alone(turing_profile, tmp_pat
     assert run(["emit", "-f", "textgen", str(turing_profile), "-o", str(target)]) == 2
     assert "not a mapping" in one_error_line(capsys)
     assert target.read_text() == "- just\n- a list\n"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["config-user.yaml", "p.toml"]
+    assert user_files(tmp_path) == ["config-user.yaml", "p.toml"]
 
 
 def test_model_with_plan_options_end_to_end(tmp_path):

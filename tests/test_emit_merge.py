@@ -15,6 +15,7 @@ from exlx_autocfg.emitters.source import EmitInput
 from exlx_autocfg.emitters.yaml_merge import merge_into_file, merge_yaml
 from exlx_autocfg.errors import InputError
 from tests.support.emit_samples import ampere_plan, mixed_split_plan, turing_plan
+from tests.support.files import user_files
 
 # A config.yml as a TabbyAPI user keeps it: the sample's layout, user comments, keys this tool does not
 # own (in `model:` and in other sections), a flow list, empty values, and a trailing comment that belongs
@@ -177,7 +178,7 @@ def test_merge_into_file_keeps_a_backup_and_writes_atomically(tmp_path):
     assert (tmp_path / "config.yml.bak").read_text() == TABBY_CONFIG
     assert yaml.safe_load(target.read_text())["model"]["cache_mode"] == "Q6"
     assert os.stat(target).st_mode & 0o777 == 0o640
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yml", "config.yml.bak"]  # no temp left
+    assert user_files(tmp_path) == ["config.yml", "config.yml.bak"]  # no temp left
 
 
 def test_merge_into_missing_file_creates_it(tmp_path):
@@ -208,7 +209,7 @@ def test_bad_targets_are_refused_untouched(tmp_path, text, message):
     assert message in info.value.one_line()
     assert "\n" not in info.value.one_line()
     assert target.read_text() == text
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yml"]
+    assert user_files(tmp_path) == ["config.yml"]
 
 
 def test_empty_file_and_null_section_are_filled():

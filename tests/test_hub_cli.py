@@ -250,7 +250,7 @@ def test_emit_and_profile_take_hf_references(hub, capsys, tmp_path):
 
 def test_bpw_option_is_refused_for_hub_models(hub, capsys):
     code, _, err = cli(capsys, "plan", f"hf:{LLAMA}", "--bpw", "4.0", "--gpu", "3090")
-    assert code == 2 and "--bpw applies to catalog models" in err
+    assert code == 2 and "--bpw 4.0: applies only to catalog models" in err
 
 
 # ------------------------------------------------------------------------------------------ profiles

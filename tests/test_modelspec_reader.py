@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from exlx_autocfg.errors import ModelSpecError
+from exlx_autocfg.errors import ModelSpecError, OptionError
 from exlx_autocfg.model.load import load_model_spec
 from exlx_autocfg.model.safetensors import write_header_only
 from tests.support.model_dirs import make_model_dir
@@ -72,7 +72,10 @@ def test_catalog_references(ref, catalog_id, bpw):
 
 def test_bpw_keyword_applies_when_the_reference_has_none():
     assert load_model_spec("llama3-8b", bpw=3.0).bits_per_weight == 3.0
-    assert load_model_spec("llama3-8b@5.0", bpw=3.0).bits_per_weight == 5.0
+    assert load_model_spec("llama3-8b@5.0", bpw=5.0).bits_per_weight == 5.0
+    # Two different answers are refused, not resolved silently in favour of one (issue 14).
+    with pytest.raises(OptionError, match=r"bpw=3\.0: conflicts with the bits in the reference"):
+        load_model_spec("llama3-8b@5.0", bpw=3.0)
 
 
 def test_weights_grow_with_bpw_and_match_known_sizes():

@@ -144,7 +144,7 @@ def test_context_and_precision_overrides(specs):
     assert "not allowed by --min-cache-precision FP16" in p.reason("cache_mode").rejected_text("Q4")
     p = plan(facts, spec, cache="q6", context=8192)
     assert p.settings.cache_mode == "Q6" and p.settings.max_seq_len == 8192
-    with pytest.raises(UsageError, match="--cache 'Q5'"):
+    with pytest.raises(UsageError, match="cache='Q5'"):  # the keyword, from Python
         plan(facts, spec, cache="Q5")
     with pytest.raises(UsageError, match="unknown plan option"):
         plan(facts, spec, contxt=4096)

@@ -31,7 +31,7 @@ from exlx_autocfg.checks.exllama import (
 from exlx_autocfg.checks.machine import Machine
 from exlx_autocfg.checks.stack import check_torch, check_torch_arch
 from exlx_autocfg.checks.verdict import CHECKS, CheckReport, Verdict, make, skipped
-from exlx_autocfg.errors import UsageError
+from exlx_autocfg.errors import OptionError
 from exlx_autocfg.facts.types import Facts
 
 __all__ = ["CHECKS", "CheckReport", "ImportResult", "Verdict", "check", "parse_requirements", "run_checks"]
@@ -47,15 +47,14 @@ def parse_requirements(specs: Iterable[str]) -> list[Requirement]:
         try:
             req = Requirement(spec)
         except InvalidRequirement:
-            raise UsageError(
-                f"--require {spec!r}: expected a package name with an optional version, "
-                "e.g. flash-attn>=2.5.7"
+            raise OptionError(
+                "require", spec, "expected a package name with an optional version, e.g. flash-attn>=2.5.7"
             ) from None
         name = canonicalize_name(req.name)
         if name == "flash-attention" or name == "flash-attn-2":
             name = "flash-attn"
         if name not in REQUIRABLE:
-            raise UsageError(f"--require {spec!r}: unknown package {name!r}; known: {', '.join(REQUIRABLE)}")
+            raise OptionError("require", spec, f"unknown package {name!r}; known: {', '.join(REQUIRABLE)}")
         req.name = name
         out.append(req)
     return out
@@ -65,7 +64,7 @@ def _check_skip(skip: Iterable[str]) -> set[str]:
     wanted = set(skip)
     unknown = wanted - set(CHECKS)
     if unknown:
-        raise UsageError(f"--skip {', '.join(sorted(unknown))}: unknown check; known: {', '.join(CHECKS)}")
+        raise OptionError("skip", ", ".join(sorted(unknown)), f"unknown check; known: {', '.join(CHECKS)}")
     return wanted
 
 
@@ -204,7 +203,16 @@ def check(
     found; with `assume`, the child import is not run (the assumed libraries are not installed).
     `facts`: reuse facts from an earlier `detect()` instead of probing again.
     `import_test`: run the child `import exllamav2` (off for facts recorded elsewhere).
+    Raises UsageError / OptionError (a bad --require, --skip, --gpu, --assume, timeout), ProbeError (the
+    interpreter cannot run the probe); a failing check is a verdict, never an exception.
     """
+    from exlx_autocfg.options import check_kind, seconds
+
+    seconds("timeout", timeout)
+    seconds("import_timeout", import_timeout)
+    check_kind("python", python, str)
+    if facts is not None and not isinstance(facts, Facts):
+        raise OptionError("facts", facts, "must be a Facts document (Facts.from_json)")
     started = time.monotonic()
     requirements = list(require)
     parse_requirements(requirements)  # usage errors before any probing

@@ -6,14 +6,13 @@ Exit codes (stable, docs/check.md): 0 all checks pass (warnings allowed), 1 a ch
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from exlx_autocfg.cli.app import app
 from exlx_autocfg.cli.planopts import AssumeOpt, GpuOpt, PythonOpt
-from exlx_autocfg.errors import InputError
+from exlx_autocfg.errors import FactsError, InputError, SpecialFileError
 from exlx_autocfg.facts.types import Facts
 
 
@@ -73,10 +72,23 @@ def check(
     return report.exit_code(strict)
 
 
+MAX_FACTS_BYTES = 64 * 1024 * 1024  # a facts document is tens of kB
+
+
 def _read_facts(path: str) -> Facts:
+    """A facts document from `detect --json`: a regular file (a FIFO or device is refused unopened) of
+    the schema this tool reads; every problem is one line naming the file."""
+    from exlx_autocfg.atomic import read_regular
+
     try:
-        return Facts.from_json(Path(path).read_text(encoding="utf-8"))
+        raw = read_regular(path, limit=MAX_FACTS_BYTES)
+    except FileNotFoundError:
+        raise InputError(f"--facts {path}: no such file") from None
+    except SpecialFileError as exc:
+        raise SpecialFileError(f"--facts {exc.message}") from None
     except OSError as exc:
         raise InputError(f"--facts {path}: cannot read it ({exc.strerror or exc})") from None
-    except (ValueError, TypeError) as exc:
-        raise InputError(f"--facts {path}: not a facts document ({exc})") from None
+    try:
+        return Facts.from_json(raw)
+    except FactsError as exc:
+        raise FactsError(f"--facts {path}: {exc.message}", hint=exc.hint) from None

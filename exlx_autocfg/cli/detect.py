@@ -15,7 +15,6 @@ from rich.table import Table
 from rich.text import Text
 
 from exlx_autocfg.cli.app import app
-from exlx_autocfg.errors import UsageError
 from exlx_autocfg.facts.types import Facts, LibraryFacts
 
 GIB = 1024**3
@@ -41,8 +40,9 @@ def detect_command(
     ] = False,
 ) -> None:
     """Report GPUs, driver, and the GPU stack (torch, xformers, flash-attn, exllamav2) of an interpreter."""
-    if timeout <= 0:
-        raise UsageError(f"--timeout must be positive, got {timeout:g}")
+    from exlx_autocfg.options import seconds
+
+    seconds("timeout", timeout)  # before the probe machinery is even imported
     from exlx_autocfg.facts.detect import detect  # only this command pays for the probe machinery
 
     facts = detect(python=python, timeout=timeout, no_import=no_import, refresh=refresh)

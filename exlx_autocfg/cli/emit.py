@@ -34,7 +34,7 @@ from exlx_autocfg.cli.planopts import (
     MinCacheOpt,
     PythonOpt,
 )
-from exlx_autocfg.errors import UsageError
+from exlx_autocfg.errors import OptionError, UsageError
 
 if TYPE_CHECKING:
     from exlx_autocfg.emitters import Emitted
@@ -79,10 +79,14 @@ OutOpt = Annotated[
     Path | None, typer.Option("--out", "-o", show_default=False,
                               help="Write (YAML: merge) into this file or directory instead of stdout."),
 ]
-ShellOpt = Annotated[str, typer.Option("--shell", help="For --format env: sh | fish | powershell.")]
+ShellOpt = Annotated[
+    str | None, typer.Option("--shell", show_default=False,
+                             help="For --format env only: sh (default) | fish | powershell."),
+]
 ScriptOpt = Annotated[
-    str, typer.Option("--script", help="For --format exllamav2-args: chat | humaneval | mmlu (these take "
-                      "cache flags) | model_init (any other script)."),
+    str | None, typer.Option("--script", show_default=False,
+                             help="For --format exllamav2-args only: chat (default) | humaneval | mmlu "
+                             "(these take cache flags) | model_init (any other script)."),
 ]
 
 
@@ -91,8 +95,8 @@ def emit(
     source: SourceArg,
     fmt: FormatOpt = None,
     out: OutOpt = None,
-    shell: ShellOpt = "sh",
-    script: ScriptOpt = "chat",
+    shell: ShellOpt = None,
+    script: ScriptOpt = None,
     gpu: GpuOpt = None,
     assume: AssumeOpt = None,
     context: ContextOpt = None,
@@ -112,7 +116,15 @@ def emit(
 
     if fmt is None:
         raise UsageError(f"--format is required (choose from {', '.join(FORMATS)})")
+    # An option the format does not read is refused rather than silently dropped.
+    if shell is not None and fmt != "env":
+        raise OptionError("shell", shell, f"applies only to --format env, not --format {fmt}")
+    if script is not None and fmt != "exllamav2-args":
+        raise OptionError("script", script, f"applies only to --format exllamav2-args, not --format {fmt}")
+    shell, script = shell or "sh", script or "chat"
     check_options(fmt, shell, script)  # before any planning or probing
+    if out is not None:
+        _check_target(_target_path(out, fmt, shell))
     if _is_profile(source):
         given = [name for name, value in (("--gpu", gpu), ("--assume", assume), ("--context", context),
                                           ("--cache", cache), ("--backend", backend),
@@ -122,17 +134,25 @@ def emit(
                                           ("--margin-mib", margin_mib != DEFAULT_MARGIN_MIB),
                                           ("--batch-size", batch_size != 1)) if value]
         if given:
-            raise UsageError(f"{source} is a profile: {', '.join(given)} apply only to a MODEL "
+            verb = "applies" if len(given) == 1 else "apply"
+            raise UsageError(f"{source} is a profile: {', '.join(given)} {verb} only to a MODEL "
                              "(re-create the profile to change them)")
         from exlx_autocfg.profile.format import read_profile
 
         emit_source: object = read_profile(source)
         machine_gpus = None
     else:
-        from exlx_autocfg.cli.planopts import facts_from_options, plan_from_options
+        from exlx_autocfg.cli.planopts import (
+            check_plan_options,
+            facts_from_options,
+            plan_from_options,
+            preload_model,
+        )
 
+        check_plan_options(gpu=gpu, python=python)
+        spec = preload_model(source, bpw)  # bad model input fails before any probing
         facts = facts_from_options(gpu=gpu, assume=assume, python=python)
-        emit_source = plan_from_options(source, facts=facts, context=context, cache=cache, backend=backend,
+        emit_source = plan_from_options(spec, facts=facts, context=context, cache=cache, backend=backend,
                                         min_cache_precision=min_cache_precision, budget=budget,
                                         margin_mib=margin_mib, batch_size=batch_size, chunk_size=chunk_size,
                                         bpw=bpw)
@@ -149,29 +169,36 @@ def emit(
     return 0
 
 
+def _check_target(target: Path) -> None:
+    """Refuse a device / FIFO / socket target before planning (the write checks again, under the lock)."""
+    from exlx_autocfg.atomic import output_target
+
+    output_target(target)
+
+
 def _write(result: Emitted, target: Path) -> None:
-    from exlx_autocfg.emitters.output import read_text, write_text_atomic
-    from exlx_autocfg.emitters.yaml_merge import merge_into_file
+    """Write (YAML: merge) into `target` under its directory's lock; see `exlx_autocfg.atomic` for what
+    a target may be (symlinks are written through, /dev/stdout and /dev/null plainly, other devices,
+    FIFOs and sockets refused)."""
+    from exlx_autocfg.emitters.output import merge_block, update_file
+    from exlx_autocfg.emitters.yaml_merge import merge_yaml
 
-    existed = target.exists()
-    backup = f" (previous file kept as {target.name}.bak)" if existed else ""
-    if result.merge_section is not None:
-        values = dict(result.merge_values or {})
-        if result.format == "tabbyapi":
-            from exlx_autocfg.emitters.tabbyapi import keep_model_dir
+    with update_file(target) as out:
+        old = out.old_text()
+        if result.merge_section is not None:
+            values = dict(result.merge_values or {})
+            if result.format == "tabbyapi":
+                from exlx_autocfg.emitters.tabbyapi import keep_model_dir
 
-            values = keep_model_dir(values, read_text(target, missing_ok=True), target.parent)
-        merge_into_file(target, result.merge_section, values, result.header)
-        where = ".".join(result.merge_section)
-        print(f"exlx-autocfg: wrote {len(values)} keys under {where!r} in {target}{backup}", file=sys.stderr)
-        return
-    old = read_text(target, missing_ok=True)
-    text = result.file_text or result.text
-    if result.block_merge:
-        from exlx_autocfg.emitters.output import merge_block
-
-        text = merge_block(old, text, str(target))
-    if old is not None:
-        write_text_atomic(target.with_name(target.name + ".bak"), old)
-    write_text_atomic(target, text)
-    print(f"exlx-autocfg: wrote {target}{backup}", file=sys.stderr)
+                values = keep_model_dir(values, old, out.target.path.parent)
+            text = merge_yaml(old, result.merge_section, values, result.header, source=str(target))
+            what = f"{len(values)} keys under {'.'.join(result.merge_section)!r} in "
+        else:
+            text = result.file_text or result.text
+            if result.block_merge:
+                text = merge_block(old, text, str(target))
+            what = ""
+        written = out.write(text, backup=True)
+        backup = f" (previous file kept as {out.backup_name})" if out.backup_name else ""
+    through = f" (through the symlink {target})" if written != target and out.target.kind != "stream" else ""
+    print(f"exlx-autocfg: wrote {what}{written}{through}{backup}", file=sys.stderr)

@@ -17,12 +17,13 @@ every branch and plans the best quant (`choice_from_options` also returns the qu
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from exlx_autocfg.errors import UsageError
+from exlx_autocfg.errors import OptionError
 from exlx_autocfg.facts.types import Facts
+from exlx_autocfg.model.spec import ModelSpec
 from exlx_autocfg.planner.core import DEFAULT_MARGIN_MIB
 from exlx_autocfg.planner.types import Plan
 
@@ -44,6 +45,7 @@ __all__ = [
     "MinCacheOpt",
     "ModelArg",
     "PythonOpt",
+    "check_plan_options",
     "facts_from_options",
     "plan_from_options",
 ]
@@ -135,6 +137,32 @@ PythonOpt = Annotated[
 ]
 
 
+def check_plan_options(*, gpu: list[str] | None = None, python: str | None = None) -> None:
+    """Refuse option combinations a plan would silently ignore; cheap, so commands run it before probing."""
+    if gpu and python is not None:
+        raise OptionError("python", python, "applies only to a plan for this machine: a what-if plan (--gpu) "
+                          "does not probe an interpreter; give its libraries with --assume PKG==VERSION")
+
+
+def preload_model(model: str, bpw: float | None = None) -> str | ModelSpec:
+    """The model read before any probing, so that bad model input fails first; a Hub repo without a
+    revision stays a reference (plan_from_options compares its branches: the quant table)."""
+    from exlx_autocfg.model.hub import is_hub_ref, parse_hub_ref
+    from exlx_autocfg.model.load import load_model_spec
+
+    hub_ref = parse_hub_ref(model) if is_hub_ref(model) else None
+    if hub_ref is not None and bpw is not None:
+        raise _hub_bpw(hub_ref, bpw)
+    if hub_ref is not None and hub_ref.revision is None:
+        return model
+    return load_model_spec(model, bpw=bpw)
+
+
+def _hub_bpw(hub_ref: Any, bpw: float) -> OptionError:
+    return OptionError("bpw", bpw, f"applies only to catalog models; a Hub repo's bitrates are its branches "
+                       f"(give hf:{hub_ref.repo}@REVISION, or hf:{hub_ref.repo} to compare them)")
+
+
 def facts_from_options(
     *,
     gpu: list[str] | None = None,
@@ -146,6 +174,7 @@ def facts_from_options(
     `python` (with `--assume` applied on top)."""
     from exlx_autocfg.facts.what_if import what_if_facts
 
+    check_plan_options(gpu=gpu, python=python)
     if gpu:
         return what_if_facts(gpu, assume, recommended=True)
     from exlx_autocfg.facts.detect import detect
@@ -155,7 +184,7 @@ def facts_from_options(
 
 
 def plan_from_options(
-    model: str,
+    model: str | ModelSpec,
     *,
     gpu: list[str] | None = None,
     assume: list[str] | None = None,
@@ -172,8 +201,9 @@ def plan_from_options(
     facts: Facts | None = None,
     progress: bool | None = None,
 ) -> Plan:
-    """Facts (given, what-if or detected), the model spec, then `planner.plan`. Raises ExlxError subclasses
-    only (UsageError, ModelSpecError, HubError, BackendRefusedError, DoesNotFitError, ProbeError).
+    """The model spec (a loaded `ModelSpec` is used as it is), facts (given, what-if or detected), then
+    `planner.plan`. Raises ExlxError subclasses only (UsageError and its OptionError, ModelSpecError,
+    SpecialFileError, HubError, BackendRefusedError, DoesNotFitError, ProbeError).
     `progress`: show reading progress for Hub models on stderr (default: when stderr is a terminal)."""
     return choice_from_options(
         model, gpu=gpu, assume=assume, context=context, cache=cache, backend=backend,
@@ -183,7 +213,7 @@ def plan_from_options(
 
 
 def choice_from_options(
-    model: str,
+    model: str | ModelSpec,
     *,
     gpu: list[str] | None = None,
     assume: list[str] | None = None,
@@ -205,12 +235,16 @@ def choice_from_options(
     from exlx_autocfg.model.hub import is_hub_ref, parse_hub_ref
     from exlx_autocfg.planner.core import plan
 
+    check_plan_options(gpu=gpu, python=python)
     request = dict(context=context, cache=cache, backend=backend, min_cache_precision=min_cache_precision,
                    budget=budget, margin_mib=margin_mib, batch_size=batch_size, chunk_size=chunk_size)
+    if isinstance(model, ModelSpec):
+        if facts is None:
+            facts = facts_from_options(gpu=gpu, assume=assume, python=python)
+        return plan(facts, model, **request), None
     hub_ref = parse_hub_ref(model) if is_hub_ref(model) else None
     if hub_ref is not None and bpw is not None:
-        raise UsageError(f"--bpw applies to catalog models; a Hub repo's bitrates are its branches "
-                         f"(give hf:{hub_ref.repo}@REVISION, or hf:{hub_ref.repo} to compare them)")
+        raise _hub_bpw(hub_ref, bpw)
     if hub_ref is not None and hub_ref.revision is None:
         from exlx_autocfg.cli.hub_view import HubChoice
         from exlx_autocfg.model.hub import read_hub_branches

@@ -28,6 +28,7 @@ from exlx_autocfg.cli.planopts import (
     MinCacheOpt,
     ModelArg,
     PythonOpt,
+    check_plan_options,
     facts_from_options,
     plan_from_options,
 )
@@ -64,8 +65,15 @@ def profile_command(
     python: PythonOpt = None,
 ) -> int:
     """Plan (same options as `plan`) and write the profile the loader applies."""
+    from exlx_autocfg.atomic import output_target
+    from exlx_autocfg.cli.planopts import preload_model
+
+    check_plan_options(gpu=gpu, python=python)
+    if out is not None:
+        output_target(out)  # a device, FIFO or socket is refused before any probing
+    spec = preload_model(model, bpw)
     facts = facts_from_options(gpu=gpu, assume=assume, python=python)
-    plan = plan_from_options(model, context=context, cache=cache, backend=backend,
+    plan = plan_from_options(spec, context=context, cache=cache, backend=backend,
                              min_cache_precision=min_cache_precision, budget=budget, margin_mib=margin_mib,
                              batch_size=batch_size, chunk_size=chunk_size, bpw=bpw, facts=facts)
     profile = profile_from_plan(plan, facts)

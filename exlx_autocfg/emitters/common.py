@@ -58,7 +58,8 @@ def model_label(src: EmitInput) -> str:
 
 def reason_lines(src: EmitInput, width: int = _WHY_WIDTH, max_lines: int = 2) -> list[str]:
     """Each decision briefly, 'cache_mode = Q6: the most precise mode that reaches 16384 tokens', wrapped
-    to at most `max_lines` lines (continuations indented); the full text is in `plan --explain`."""
+    to at most `max_lines` lines (continuations indented); `exlx-autocfg plan` (or `show PROFILE`) prints
+    them in full."""
     lines = []
     for r in src.reasons:
         text = f"{r.decision} = {one_line(r.choice)}: {one_line(r.why)}"

@@ -3,8 +3,9 @@
 A merge changes only the keys exlx-autocfg owns under one section (`model:` in TabbyAPI's config.yml,
 one `<model>$:` entry in text-generation-webui's config-user.yaml). Comments, key order, every other key
 and section survive (ruamel.yaml round-trip mode, the library TabbyAPI itself uses). The pure part is
-`merge_yaml(text, ...) -> text`; `merge_into_file` adds the I/O: a `<file>.bak` copy of the old file and
-an atomic replace, so a reader (or a crash) never sees half a file.
+`merge_yaml(text, ...) -> text` (the file's BOM and CRLF line endings are kept); `merge_into_file` adds the
+I/O: under the directory's lock, a `<file>.bak` copy of the old file and an atomic replace, so a reader (or
+a crash) never sees half a file and concurrent writers never lose each other's entries.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import YAMLError
 
 from exlx_autocfg.emitters.common import HEADER_MARK
-from exlx_autocfg.emitters.output import read_text, write_text_atomic
+from exlx_autocfg.emitters.output import TextStyle, update_file
 from exlx_autocfg.errors import InputError
 
 
@@ -168,8 +169,10 @@ def strip_header(text: str) -> str:
 
 def merge_yaml(text: str | None, path: Sequence[str], values: Mapping[str, Any], header: str,
                source: str = "<yaml>") -> str:
-    """`text` with `values` set under `path` (created if missing); everything else kept as it was."""
-    body = strip_header(text or "")
+    """`text` with `values` set under `path` (created if missing); everything else kept as it was, the
+    byte-order mark and line endings too."""
+    style = TextStyle.of(text)
+    body = strip_header(style.strip(text) or "")
     doc = _load(body, source)
     prefix = ""
     if doc is None:  # empty, or only comments: ruamel has no node to hang them on, keep them as text
@@ -185,14 +188,13 @@ def merge_yaml(text: str | None, path: Sequence[str], values: Mapping[str, Any],
     _append_keys(section, new_items)
     buf = io.StringIO()
     _yaml().dump(doc, buf)
-    return header + "\n" + prefix + buf.getvalue()
+    return style.apply(header + "\n" + prefix + buf.getvalue())
 
 
 def merge_into_file(path: str | Path, section: Sequence[str], values: Mapping[str, Any], header: str) -> Path:
-    """Merge into `path` (created when missing). The previous file, if any, is kept as `<path>.bak`."""
+    """Merge into `path` (created when missing) under its directory's lock. The previous file, if any, is
+    kept as `<path>.bak`. Returns the file written (a symlink's target)."""
     path = Path(path)
-    old = read_text(path, missing_ok=True)
-    merged = merge_yaml(old, section, values, header, source=str(path))
-    if old is not None:
-        write_text_atomic(path.with_name(path.name + ".bak"), old)
-    return write_text_atomic(path, merged)
+    with update_file(path) as out:
+        merged = merge_yaml(out.old_text(), section, values, header, source=str(path))
+        return out.write(merged, backup=True)

@@ -17,6 +17,7 @@ from exlx_autocfg.facts.arch_coverage import kernel_coverage
 from exlx_autocfg.facts.gpuinfo import device_order, fill_from_torch, read_gpu_report
 from exlx_autocfg.facts.probe_runner import run_probe
 from exlx_autocfg.facts.types import Facts, GPUReport, LibraryFacts, PythonFacts
+from exlx_autocfg.options import check_kind, seconds
 from exlx_autocfg.serde import from_data
 from exlx_autocfg.versions import release
 
@@ -35,9 +36,12 @@ def detect(
     `timeout` bounds the probe (its import checks run in parallel under it); `no_import` reads package
     metadata only. Import results are reused from the probe cache while their fingerprint (packages,
     interpreter, environment, driver) holds; `refresh` re-runs them. GPU facts are always read fresh.
-    Raises `ProbeError` only when the interpreter cannot run the probe at all; everything else (NVML
-    errors, imports that fail, hang or crash) is reported in the facts.
+    Raises `ProbeError` only when the interpreter cannot run the probe at all, `OptionError` for a bad
+    `python` or `timeout` (not a positive, finite number of seconds); everything else (NVML errors,
+    imports that fail, hang or crash) is reported in the facts.
     """
+    timeout = seconds("timeout", timeout)
+    check_kind("python", python, str)
     with ThreadPoolExecutor(max_workers=1) as pool:
         gpu_future = pool.submit(_read_gpus_safely)
         doc = run_probe(python, timeout=timeout, no_import=no_import, refresh=refresh)

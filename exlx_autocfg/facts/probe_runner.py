@@ -16,39 +16,42 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from exlx_autocfg.data import probe_script
-from exlx_autocfg.errors import ProbeError
+from exlx_autocfg.errors import OptionError, ProbeError
 from exlx_autocfg.probe.exlx_probe_common import SCHEMA, first_useful_line
 
 MIN_PYTHON = (3, 8)
-# Extra seconds past the probe's own deadline before we give up on the interpreter itself.
-STARTUP_GRACE_S = 15.0
+# Extra seconds past the probe's own deadline (its --timeout) before we give up on the interpreter itself:
+# the whole probe, start-up and diagnosis included, is bounded by timeout + STARTUP_GRACE_S, so a hanging
+# --python costs the user the timeout they asked for and a few seconds, not a multiple of it.
+STARTUP_GRACE_S = 3.0
 _VERSION_SNIPPET = "import sys; sys.stdout.write('%d.%d.%d' % tuple(sys.version_info[:3]))"
 
 
 def resolve_python(python: str | None) -> str:
-    """An absolute path to the interpreter to probe; ProbeError when it cannot be one."""
+    """An absolute path to the interpreter to probe; OptionError (`python`) when the path cannot be one."""
     if python is None:
         return sys.executable
+    if not python.strip():
+        raise OptionError("python", python, "is empty; give the interpreter (a venv's bin/python)")
     candidate = Path(python).expanduser()
     if os.sep not in python and not candidate.exists():
         found = shutil.which(python)
         if found is None:
-            raise ProbeError(f"--python {python}: not found on PATH")
+            raise OptionError("python", python, "not found on PATH")
         candidate = Path(found)
     if not candidate.exists():
-        raise ProbeError(f"--python {python}: no such file")
+        raise OptionError("python", python, "no such file")
     if candidate.is_dir():
         hint = candidate / "bin" / "python"
-        raise ProbeError(
-            f"--python {python}: is a directory, not an interpreter"
-            + (f" (did you mean {hint}?)" if hint.exists() else "")
-        )
+        raise OptionError("python", python, "is a directory, not an interpreter"
+                          + (f" (did you mean {hint}?)" if hint.exists() else ""))
     if not os.access(candidate, os.X_OK):
-        raise ProbeError(f"--python {python}: is not executable")
+        raise OptionError("python", python, "is not executable")
     return str(candidate.absolute())
 
 
@@ -88,15 +91,17 @@ def run_probe(
     cache = cache_file(exe, env, libraries)
     if cache is not None and not no_import:
         cmd += ["--cache", str(cache)] + (["--refresh"] if refresh else [])
+    deadline = time.monotonic() + timeout + STARTUP_GRACE_S
     code, stdout, stderr, timed_out = _run(cmd, timeout + STARTUP_GRACE_S, env)
     if timed_out:
-        raise ProbeError(f"{exe}: the probe did not finish within {timeout + STARTUP_GRACE_S:g}s")
+        raise ProbeError(f"{exe}: the probe did not finish within {timeout + STARTUP_GRACE_S:g}s "
+                         f"(the {timeout:g}s timeout + {STARTUP_GRACE_S:g}s to start the interpreter)")
     doc = _find_document(stdout)
     if doc is not None:
         if doc.get("schema") != SCHEMA:
             raise ProbeError(f"{exe}: probe answered schema {doc.get('schema')!r}, expected {SCHEMA}")
         return doc
-    raise _diagnose(exe, code, stdout, stderr, env)
+    raise _diagnose(exe, code, stdout, stderr, env, max(deadline - time.monotonic(), 0.5))
 
 
 def _run(cmd: list[str], timeout: float, env: dict[str, str] | None) -> tuple[int | None, str, str, bool]:
@@ -138,9 +143,11 @@ def _find_document(stdout: str) -> dict[str, Any] | None:
     return None
 
 
-def _diagnose(exe: str, code: int | None, stdout: str, stderr: str, env: dict[str, str] | None) -> ProbeError:
-    """Why the probe printed no document: not Python, Python 2 / too old, or a broken interpreter."""
-    version = _python_version(exe, env)
+def _diagnose(exe: str, code: int | None, stdout: str, stderr: str, env: dict[str, str] | None,
+              budget: float = STARTUP_GRACE_S) -> ProbeError:
+    """Why the probe printed no document: not Python, Python 2 / too old, or a broken interpreter.
+    `budget`: the seconds left of the probe's bound for asking the interpreter its version."""
+    version = _python_version(exe, env, min(budget, STARTUP_GRACE_S))
     if version is None:
         said = first_useful_line(stderr) or first_useful_line(stdout)
         detail = f"exit code {code}" + (f", output: {said}" if said else ", no output")
@@ -152,10 +159,11 @@ def _diagnose(exe: str, code: int | None, stdout: str, stderr: str, env: dict[st
     return ProbeError(f"the probe failed in {exe} (exit code {code}): {line}")
 
 
-def _python_version(exe: str, env: dict[str, str] | None) -> tuple[int, ...] | None:
+def _python_version(exe: str, env: dict[str, str] | None, timeout: float) -> tuple[int, ...] | None:
     try:
         proc = subprocess.run(
-            [exe, "-c", _VERSION_SNIPPET], capture_output=True, text=True, timeout=STARTUP_GRACE_S, env=env
+            [exe, "-c", _VERSION_SNIPPET], capture_output=True, text=True, timeout=timeout, env=env,
+            stdin=subprocess.DEVNULL,
         )
     except (OSError, subprocess.SubprocessError):
         return None

@@ -32,7 +32,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from exlx_autocfg.serde import from_data, to_data
+from exlx_autocfg.errors import FactsError
+from exlx_autocfg.serde import from_data, schema_problem, to_data
 from exlx_autocfg.versions import cc_of
 
 FACTS_SCHEMA = 1
@@ -136,8 +137,29 @@ class Facts:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Facts:
-        return from_data(cls, data)
+        """Facts from a document `to_dict` (or `detect --json`) wrote. Raises FactsError (one line) for
+        another schema (missing, a string, a version this tool does not read) or a field of the wrong
+        type."""
+        if not isinstance(data, dict):
+            raise FactsError(f"not a facts document: the top level is a {type(data).__name__}, not an object")
+        if "schema" not in data:
+            raise FactsError(f"not a facts document: no schema (this tool reads schema {FACTS_SCHEMA})")
+        problem = schema_problem(data["schema"], FACTS_SCHEMA)
+        if problem:
+            raise FactsError(f"facts schema: {problem}",
+                             hint="re-create it with `exlx-autocfg detect --json`")
+        try:
+            return from_data(cls, data)
+        except (TypeError, ValueError) as exc:
+            text = " ".join(str(exc).split()).removeprefix("Facts.")
+            raise FactsError(f"facts document: {text}") from None
 
     @classmethod
-    def from_json(cls, text: str) -> Facts:
-        return cls.from_dict(json.loads(text))
+    def from_json(cls, text: str | bytes) -> Facts:
+        """Facts from JSON text; FactsError when it is not JSON or not a facts document (`from_dict`)."""
+        try:
+            data = json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            where = f" at line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else ""
+            raise FactsError(f"not a facts document: not JSON{where}") from None
+        return cls.from_dict(data)

@@ -18,12 +18,14 @@ from packaging.utils import canonicalize_name
 
 from exlx_autocfg import exl2
 from exlx_autocfg.data import load_data
-from exlx_autocfg.errors import UsageError
+from exlx_autocfg.errors import OptionError, UsageError
 from exlx_autocfg.facts.derived import derived_details
-from exlx_autocfg.facts.types import GPU, Facts, GPUReport, LibraryFacts, PythonFacts
+from exlx_autocfg.facts.types import GPU, DeviceOrder, Facts, GPUReport, LibraryFacts, PythonFacts
+from exlx_autocfg.findings import Finding, finding
 from exlx_autocfg.versions import cc_of, version_of
 
 MIB = 1024 * 1024
+MAX_GPUS = 16  # per --gpu value
 
 # Names users type for the libraries the rules know about -> distribution names in the facts.
 KNOWN_PACKAGES = ("torch", "exllamav2", "flash-attn", "xformers", "exllamav3", "triton")
@@ -73,8 +75,13 @@ def _key(text: str) -> str:
     return re.sub(r"[^a-z0-9]", "", text.lower())
 
 
-def find_gpu(name: str) -> TableGPU:
-    """The table row for `name` (id, driver name or alias; case and punctuation ignored)."""
+def ambiguous_names() -> dict[str, list[str]]:
+    """Names that fit several rows (`[[ambiguous]]` in gpus.toml), by key -> the candidate ids."""
+    return {_key(row["name"]): list(row["candidates"]) for row in load_data("gpus.toml").get("ambiguous", [])}
+
+
+def _lookup(name: str) -> TableGPU | list[TableGPU] | None:
+    """The row `name` names, the candidate rows when it is ambiguous, or None."""
     wanted = _key(name)
     table = gpu_table()
     for row in table:  # the id and the driver name win over aliases ("RTX 2080 Ti" is the 11 GB card)
@@ -83,6 +90,28 @@ def find_gpu(name: str) -> TableGPU:
     for row in table:
         if wanted in {_key(a) for a in row.aliases}:
             return row
+    candidates = ambiguous_names().get(wanted)
+    if candidates:
+        by_id = {row.id: row for row in table}
+        return [by_id[c] for c in candidates]
+    return None
+
+
+def _ambiguous(name: str, rows: list[TableGPU]) -> UsageError:
+    listed = ", ".join(f"{row.id} ({row.memory_mib / 1024:g} GiB)" for row in rows)
+    return UsageError(f"GPU name {name!r} is ambiguous: the table has {listed}",
+                      hint=f"name the one you mean: {' or '.join(row.id for row in rows)}")
+
+
+def find_gpu(name: str) -> TableGPU:
+    """The table row for `name` (id, driver name or alias; case and punctuation ignored). A name that
+    fits several rows (an A100: 40 or 80 GB) is refused with the candidates, never guessed."""
+    found = _lookup(name)
+    if isinstance(found, TableGPU):
+        return found
+    if found:
+        raise _ambiguous(name, found)
+    table = gpu_table()
     spellings = {row.id: row.id for row in table}
     spellings.update({a: row.id for row in table for a in (row.name, *row.aliases)})
     close = difflib.get_close_matches(name.lower(), [s.lower() for s in spellings], n=6, cutoff=0.5)
@@ -92,44 +121,50 @@ def find_gpu(name: str) -> TableGPU:
     raise UsageError(f"unknown GPU {name!r}", hint=hint)
 
 
+_COUNT_AFTER = re.compile(r"(.+?)\s*[x×*]\s*(\d+)", flags=re.IGNORECASE)  # 3090x2, RTX 3090 x 4
+_COUNT_BEFORE = re.compile(r"(\d+)\s*[x×*]\s*(.+)", flags=re.IGNORECASE)  # 2x3090, 4 x RTX 4090
+
+
 def parse_gpu_option(text: str) -> list[TableGPU]:
-    """`NAME` or `NAMExN` (also `NAME x N`, `NAME*N`) -> N table rows."""
+    """`NAME`, `NAMExN` or `NxNAME` (also `NAME x N`, `NAME*N`, `N x NAME`) -> N table rows."""
+    if not isinstance(text, str) or not text.strip():
+        raise OptionError("gpu", text, "expected a GPU name, e.g. 3090, 'RTX 2080 Ti 22GB' or 3090x2")
     text = text.strip()
-    if not text:
-        raise UsageError("empty --gpu value")
-    try:
-        return [find_gpu(text)]
-    except UsageError as exc:
-        m = re.fullmatch(r"(.+?)\s*[x×*]\s*(\d+)", text, flags=re.IGNORECASE)
-        if not m:
-            raise exc from None
-        try:
-            row = find_gpu(m.group(1))
-        except UsageError:
-            raise exc from None  # "RTX 3080" is an unknown name, not "RTX 3" x 080
-        count = int(m.group(2))
-        if not 1 <= count <= 16:
-            raise UsageError(f"--gpu {text!r}: count must be between 1 and 16") from None
-        return [row] * count
+    if _lookup(text) is None:
+        for pattern, name_group, count_group in ((_COUNT_AFTER, 1, 2), (_COUNT_BEFORE, 2, 1)):
+            m = pattern.fullmatch(text)
+            if not m:
+                continue
+            row = _lookup(m.group(name_group))
+            if row is None:
+                continue  # "RTX 3080" is an unknown name, not "RTX 3" x 080
+            if isinstance(row, list):
+                raise _ambiguous(m.group(name_group), row)
+            count = int(m.group(count_group))
+            if not 1 <= count <= MAX_GPUS:
+                raise OptionError("gpu", text, f"count must be between 1 and {MAX_GPUS}")
+            return [row] * count
+    return [find_gpu(text)]
 
 
 def parse_assume(text: str) -> tuple[str, str | None]:
     """`PKG==VER` -> (distribution name, version); `PKG==none` means "not installed"."""
-    m = re.fullmatch(r"\s*([A-Za-z0-9_.\-]+)\s*==\s*([A-Za-z0-9_.+\-]+)\s*", text)
+    m = re.fullmatch(_ASSUME, text) if isinstance(text, str) else None
     if not m:
-        raise UsageError(
-            f"bad --assume {text!r}: expected PKG==VERSION, e.g. flash-attn==2.7.4 or xformers==none"
-        )
+        raise OptionError("assume", text, "expected PKG==VERSION, e.g. flash-attn==2.7.4 or xformers==none")
     name = canonicalize_name(m.group(1))
     name = _ALIASES.get(name, name)
     if name not in KNOWN_PACKAGES:
-        raise UsageError(f"--assume {text!r}: unknown package {name!r}; known: {', '.join(KNOWN_PACKAGES)}")
+        raise OptionError("assume", text, f"unknown package {name!r}; known: {', '.join(KNOWN_PACKAGES)}")
     version = m.group(2)
     if version.lower() == "none":
         return name, None
     if version_of(version) is None:
-        raise UsageError(f"--assume {text!r}: {version!r} is not a version")
+        raise OptionError("assume", text, f"{version!r} is not a version")
     return name, version
+
+
+_ASSUME = re.compile(r"\s*([A-Za-z0-9_.\-]+)\s*==\s*([A-Za-z0-9_.+\-]+)\s*")
 
 
 def _library(name: str, version: str, *, rocm: bool) -> LibraryFacts:
@@ -165,6 +200,21 @@ def recommended_libraries(gpus: list[GPU]) -> dict[str, str]:
     return out
 
 
+def what_if_gpu_order(gpus: list[GPU]) -> Finding | None:
+    """The assumption a what-if rig of different GPUs rests on: the `--gpu` order is both the PCI bus order
+    and CUDA's device order (None for identical GPUs, where the order changes nothing)."""
+    if len({(g.name, g.memory_total) for g in gpus}) < 2:
+        return None
+    order = ", ".join(f"#{g.index} {g.name}" for g in gpus)
+    return finding(
+        "plan.what_if.gpu_order",
+        f"what-if rig of different GPUs: taken in the --gpu order ({order}) as both their PCI bus order and "
+        "CUDA's device order; the split follows that order, so check the real machine's with `exlx-autocfg "
+        "detect` (CUDA numbers the fastest GPU first unless CUDA_DEVICE_ORDER=PCI_BUS_ID)",
+        order=[g.name for g in gpus],
+    )
+
+
 def what_if_facts(
     gpus: list[str] | None = None,
     assume: list[str] | None = None,
@@ -194,6 +244,9 @@ def what_if_facts(
         if len(vendors) > 1:
             raise UsageError("--gpu mixes NVIDIA and AMD GPUs; exllamav2 runs on one of CUDA or ROCm")
         facts.gpu = GPUReport(gpus=[row.to_gpu(i) for i, row in enumerate(rows)], source="table")
+        order = what_if_gpu_order(facts.gpu.gpus)
+        facts.gpu.device_order = DeviceOrder(pci_order_matches_cuda=True if order is None else None,
+                                             note=order.message if order else None)
     rocm = any(g.vendor == "amd" for g in facts.gpu.gpus)
     if base is None:
         stack = {"exllamav2": exl2.LATEST, **rules()["what_if"]["default_stack"]}

@@ -5,12 +5,14 @@ is a one-line ModelSpecError naming the file and the key.
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import math
 from pathlib import Path
 from typing import Any
 
+from exlx_autocfg.atomic import read_regular
 from exlx_autocfg.errors import ModelSpecError
 from exlx_autocfg.model.architectures import arch_rules, supported_architectures
 
@@ -189,13 +191,16 @@ def _quantization(config: dict, where: str) -> tuple[str | None, float | None, i
 
 
 def read_json_file(path: Path) -> tuple[bytes, Any]:
-    if not path.is_file():
-        raise ModelSpecError(f"{path}: missing (not a model directory?)")
+    """(raw bytes, parsed JSON) of a regular file; ModelSpecError when it is missing, unreadable or not JSON,
+    SpecialFileError when it is a FIFO, device, socket or directory (refused by type, never opened)."""
     try:
-        if path.stat().st_size > MAX_CONFIG_BYTES:
-            raise ModelSpecError(f"{path}: {path.stat().st_size} bytes is too large for a config.json")
-        raw = path.read_bytes()
+        raw = read_regular(path, limit=MAX_CONFIG_BYTES)
+    except FileNotFoundError:
+        raise ModelSpecError(f"{path}: missing (not a model directory?)") from None
     except OSError as exc:
+        if exc.errno == errno.EFBIG:
+            size = path.stat().st_size
+            raise ModelSpecError(f"{path}: {size} bytes is too large for a {path.name}") from None
         raise ModelSpecError(f"{path}: cannot read: {exc.strerror or exc}") from None
     return raw, parse_json_bytes(raw, str(path))
 

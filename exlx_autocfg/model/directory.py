@@ -5,6 +5,7 @@ exllamav2's `ExLlamaV2Config.prepare` / `check_keys` check them.
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,8 @@ def load_directory(directory: Path) -> ModelSpec:
     if not files:
         raise ModelSpecError(f"{directory}: no .safetensors files")
     index_path = directory / "model.safetensors.index.json"
-    index = read_json_file(index_path)[1] if index_path.exists() else None
+    # lexists: a FIFO or a dangling link named like the index is refused by read_json_file, not skipped
+    index = read_json_file(index_path)[1] if os.path.lexists(index_path) else None
     return spec_from_parts(
         name=directory.name,
         path=str(directory),
@@ -33,6 +35,7 @@ def load_directory(directory: Path) -> ModelSpec:
         headers=[(file.name, read_header(file)) for file in files],
         index=index,
         index_where=str(index_path),
+        present={entry.name for entry in directory.iterdir()} if index is not None else None,
     )
 
 
@@ -48,6 +51,7 @@ def spec_from_parts(
     headers: list[tuple[str, SafetensorsHeader]],
     index: Any = None,
     index_where: str = "model.safetensors.index.json",
+    present: set[str] | None = None,
     **extra: Any,
 ) -> ModelSpec:
     """A ModelSpec from config.json's bytes and the safetensors headers (file name -> header), however they
@@ -65,7 +69,7 @@ def spec_from_parts(
                 raise ModelSpecError(f"{header.path}: tensor {t.name!r} also in {tensors[t.name].file}")
             tensors[t.name] = TensorInfo(t.name, t.dtype, t.shape, t.nbytes, file_name)
     if index is not None:
-        _check_index(index_where, index, tensors)
+        _check_index(index_where, index, tensors, where, present)
     spec = ModelSpec(
         name=name,
         path=path,
@@ -79,14 +83,36 @@ def spec_from_parts(
     return spec
 
 
-def _check_index(index_where: str, index: Any, tensors: dict[str, TensorInfo]) -> None:
+def _check_index(index_where: str, index: Any, tensors: dict[str, TensorInfo], where: str,
+                 present: set[str] | None) -> None:
+    """model.safetensors.index.json, when present, must agree with the files exactly: every entry names a
+    file that is there and holds that tensor, and every tensor the files hold is listed (Hugging Face
+    loaders read the index, not the files: a tensor missing from it is a tensor they never load).
+    `present`: the names of every file beside the index (None: not known)."""
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict):
         raise ModelSpecError(f"{index_where}: no weight_map object")
+    shards = {t.file for t in tensors.values()}
     for name, file in weight_map.items():
+        if not isinstance(file, str):
+            raise ModelSpecError(f"{index_where}: maps {name!r} to {file!r}, which is not a file name")
         info = tensors.get(name)
-        if info is None or info.file != file:
-            raise ModelSpecError(f"{index_where}: maps {name!r} to {file!r}, which does not hold it")
+        if info is not None and info.file == file:
+            continue
+        mapped = f"{index_where}: maps {name!r} to {file!r}"
+        if file not in shards:
+            if Path(file).name != file or (present is not None and file not in present):
+                raise ModelSpecError(f"{mapped}, which is missing from {where}")
+            raise ModelSpecError(f"{mapped}, which is not one of its .safetensors files")
+        held = f" (it is in {info.file})" if info is not None else " (no file holds it)"
+        raise ModelSpecError(f"{mapped}, which does not hold it{held}")
+    unlisted = [name for name in tensors if name not in weight_map]
+    if unlisted:
+        more = f" and {len(unlisted) - 1} more" if len(unlisted) > 1 else ""
+        raise ModelSpecError(
+            f"{index_where}: lists {len(weight_map)} of the {len(tensors)} tensors the files hold "
+            f"(not listed: {unlisted[0]!r}{more})"
+        )
 
 
 def _linear_keys(spec: ModelSpec, layer: int) -> list[tuple[str, str | None, int, int]]:

@@ -353,6 +353,7 @@ class HubReader:
             headers=headers,
             index=index,
             index_where=f"{where}/{INDEX_FILE}",
+            present=set(files),
             hf_repo=repo,
         )
         source = HubSource(

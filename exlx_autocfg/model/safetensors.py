@@ -16,6 +16,7 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from exlx_autocfg.atomic import open_regular
 from exlx_autocfg.errors import ModelSpecError
 from exlx_autocfg.model.layout import DTYPE_BYTES
 
@@ -50,10 +51,11 @@ def _fail(path: Path, problem: str) -> ModelSpecError:
 
 
 def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
-    """Parse and validate the header of `path`; raise ModelSpecError (file + problem, one line) otherwise."""
+    """Parse and validate the header of `path`; raise ModelSpecError (file + problem, one line) otherwise,
+    SpecialFileError when `path` is not a regular file."""
     path = Path(path)
     try:
-        with path.open("rb") as fh:
+        with open_regular(path) as fh:  # a FIFO or device named *.safetensors is refused, never read
             size = os.fstat(fh.fileno()).st_size
             prefix = fh.read(8)
             length = header_length(path, prefix, size)

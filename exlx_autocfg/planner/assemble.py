@@ -8,6 +8,7 @@ from typing import Any
 
 from exlx_autocfg import __version__, exl2
 from exlx_autocfg.facts.types import GPU, Facts
+from exlx_autocfg.facts.what_if import what_if_gpu_order
 from exlx_autocfg.findings import Finding, finding
 from exlx_autocfg.planner import decisions, memory
 from exlx_autocfg.planner.core import Solved, overheads_of
@@ -67,6 +68,9 @@ def plan_warnings(
                 f"what-if plan (facts from the GPU table and assumed versions: {libs or 'none'})",
             )
         )
+        order = what_if_gpu_order(facts.gpu.gpus) if facts.gpu.source == "table" else None
+        if order is not None:
+            out.append(order)
     # Judged on every GPU of the machine, not only those in use: a P40 left idle still needs EXL2.
     exl3_floor = exl2.backend_rules()["exl3"]["min_cc"]
     machine = [*gpus, *unused]

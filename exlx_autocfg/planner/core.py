@@ -13,11 +13,12 @@ then `assemble` builds the Plan from those decisions.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
 from exlx_autocfg import exl2
-from exlx_autocfg.errors import BackendRefusedError, DoesNotFitError, UsageError
+from exlx_autocfg.errors import BackendRefusedError, DoesNotFitError, OptionError, UsageError
 from exlx_autocfg.facts.types import GPU, Facts
 from exlx_autocfg.findings import Finding, finding
 from exlx_autocfg.planner import decisions, memory
@@ -87,16 +88,22 @@ def plan(facts: Facts, model: Any, **request: Any) -> Plan:
     """Plan backend, cache mode, context, chunk size and GPU split for `model` on the machine in `facts`.
 
     `model` is a `ModelSpec` or a reference `load_model_spec` accepts (directory, `yi-34b@4.0bpw`).
-    Keyword options: see `Request`. Raises `UsageError` (bad options, no GPU), `BackendRefusedError`
-    (a forced backend that is invalid here) or `DoesNotFitError` (not even one page of context fits).
+    Keyword options: see `Request`. Raises `UsageError` (bad options, no GPU; `OptionError` names the
+    keyword argument), `ModelSpecError` / `SpecialFileError` (a model reference that does not load),
+    `BackendRefusedError` (a forced backend that is invalid here) or `DoesNotFitError` (not even one page
+    of context fits).
     """
     from exlx_autocfg.planner.assemble import assemble
 
     req = Request.from_kwargs(request)
-    if isinstance(model, str):
+    if not isinstance(facts, Facts):
+        raise OptionError("facts", facts, "must be a Facts document (detect() or what-if)")
+    if isinstance(model, (str, os.PathLike)):
         from exlx_autocfg.model.load import load_model_spec
 
         model = load_model_spec(model)
+    elif not hasattr(model, "num_hidden_layers"):
+        raise OptionError("model", model, "must be a ModelSpec, a model directory or a catalog reference")
     spec = model
     all_gpus = gpus_in_cuda_order(facts)
     if not all_gpus:
@@ -224,8 +231,9 @@ def _does_not_fit(solver: Solver, gpus: list[GPU], modes: list[str], chunks: lis
     names = " + ".join(g.name for g in gpus)
     if weights > usable:
         return (
-            f"model weights need {weights / GIB:.2f} GiB on the GPU but {names} offer {usable / GIB:.2f} GiB "
-            f"after reserves and margin: {(weights - usable) / GIB:.2f} GiB missing"
+            f"model weights need {weights / GIB:.2f} GiB on the GPU but {names} "
+            f"{'offers' if len(gpus) == 1 else 'offer'} {usable / GIB:.2f} GiB after reserves and margin: "
+            f"{(weights - usable) / GIB:.2f} GiB missing"
         )
     mode = modes[-1]
     c = solver.costs(mode, page, min(chunk, page))

@@ -6,9 +6,13 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from exlx_autocfg import exl2
-from exlx_autocfg.errors import UsageError
+from exlx_autocfg.errors import OptionError, UsageError
+from exlx_autocfg.options import check_kinds
 
 DEFAULT_MARGIN_MIB = 256
+# The types a Python caller must pass (the CLI parser gives them already).
+REQUEST_KINDS: dict[str, type] = {"context": int, "cache": str, "backend": str, "min_cache_precision": str,
+                                  "budget": str, "margin_mib": int, "batch_size": int, "chunk_size": int}
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,9 @@ class Request:
         return req.normalised()
 
     def normalised(self) -> Request:
+        """Checked and canonical (upper-case cache modes, `auto` backend as None). Raises OptionError
+        naming the keyword argument (the CLI shows it as the flag)."""
+        check_kinds(asdict(self), REQUEST_KINDS)
         modes = exl2.CACHE_MODES
         changes: dict[str, Any] = {}
         for name in ("cache", "min_cache_precision"):
@@ -44,28 +51,27 @@ class Request:
             if value is not None:
                 upper = str(value).upper()
                 if upper not in modes:
-                    raise UsageError(
-                        f"--{name.replace('_', '-')} {value!r}: choose one of {', '.join(modes)}"
-                    )
+                    raise OptionError(name, value, f"choose one of {', '.join(modes)}")
                 changes[name] = upper
         if self.backend is not None:
             from exlx_autocfg.planner.backends import check_name
 
             changes["backend"] = None if str(self.backend).lower() == "auto" else check_name(self.backend)
         if self.budget not in ("total", "free"):
-            raise UsageError(f"--budget {self.budget!r}: choose total or free")
+            raise OptionError("budget", self.budget, "choose total or free")
         if self.context is not None and self.context < 1:
-            raise UsageError(f"--context {self.context}: must be a positive number of tokens")
+            raise OptionError("context", self.context, "must be a positive number of tokens")
         if self.margin_mib < 0:
-            raise UsageError(f"--margin-mib {self.margin_mib}: must be >= 0")
+            raise OptionError("margin_mib", self.margin_mib, "must be >= 0")
         if self.batch_size < 1:
-            raise UsageError(f"--batch-size {self.batch_size}: must be >= 1")
+            raise OptionError("batch_size", self.batch_size, "must be >= 1")
         page = exl2.PAGE_SIZE
         if self.chunk_size is not None and (self.chunk_size < page or self.chunk_size % page):
-            raise UsageError(f"--chunk-size {self.chunk_size}: must be a multiple of {page}")
+            raise OptionError("chunk_size", self.chunk_size, f"must be a multiple of {page}")
         cache, floor = changes.get("cache"), changes.get("min_cache_precision")
         if cache and floor and modes.index(cache) > modes.index(floor):
-            raise UsageError(f"--cache {cache} is coarser than --min-cache-precision {floor}")
+            raise OptionError("cache", cache,
+                              f"is coarser than the minimum cache precision {floor} also given")
         return Request(**{**asdict(self), "overheads": self.overheads, **changes})
 
     def to_dict(self) -> dict[str, Any]:

@@ -28,12 +28,12 @@ from typing import Any
 
 import tomli_w
 
-from exlx_autocfg.atomic import write_text_atomic
+from exlx_autocfg.atomic import read_regular, write_text_atomic
 from exlx_autocfg.errors import ProfileError
 from exlx_autocfg.facts.types import Facts
 from exlx_autocfg.findings import Finding
 from exlx_autocfg.planner.types import Plan, Reason
-from exlx_autocfg.serde import from_data, to_data
+from exlx_autocfg.serde import from_data, schema_problem, to_data
 from exlx_autocfg.settings import Settings, SettingsError, validate_settings
 
 if sys.version_info >= (3, 11):
@@ -42,6 +42,7 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 PROFILE_SCHEMA = 2
+MAX_PROFILE_BYTES = 16 * 1024 * 1024  # a profile is a few kB; refuse to slurp something huge
 
 # The libraries whose version, build and import state decide which attention backend exllamav2 can use
 # (exllamav2/attn.py imports flash_attn, xformers.ops and torch's causal_lower_right at import time).
@@ -251,15 +252,13 @@ def parse_profile(text: str, source: str = "<profile>") -> Profile:
     except tomllib.TOMLDecodeError as exc:
         raise ProfileError(f"profile {source}: not valid TOML: {exc}") from None
     schema = data.get("schema")
-    if schema == 1:
+    if type(schema) is int and schema == 1:
         data = _from_schema_1(data)
         schema = PROFILE_SCHEMA
-    if schema is not None and schema != PROFILE_SCHEMA:
-        raise ProfileError(
-            f"profile {source}: schema: version {schema!r} is not supported "
-            f"(this tool reads {PROFILE_SCHEMA})",
-            hint="re-create it with `exlx-autocfg profile`",
-        )
+    problem = schema_problem(schema, PROFILE_SCHEMA) if schema is not None else None
+    if problem:
+        raise ProfileError(f"profile {source}: schema: {problem}",
+                           hint="re-create it with `exlx-autocfg profile`")
     try:
         _check_keys(Profile, data, "")
         profile = from_data(Profile, data)
@@ -299,21 +298,27 @@ def _from_schema_1(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_profile(path: str | os.PathLike[str]) -> Profile:
+    """Read and validate a profile file. Raises ProfileError (missing, unreadable, not a profile) or
+    SpecialFileError (a FIFO, device or directory: refused by type, never opened)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_regular(path, limit=MAX_PROFILE_BYTES).decode("utf-8")
     except FileNotFoundError:
         raise ProfileError(f"profile {path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ProfileError(f"profile {path}: cannot read: {exc}") from None
-    return parse_profile(text, str(path))
+    except UnicodeDecodeError:
+        raise ProfileError(f"profile {path}: cannot read: not UTF-8 text") from None
+    except OSError as exc:
+        raise ProfileError(f"profile {path}: cannot read: {exc.strerror or exc}") from None
+    return parse_profile(text.removeprefix("\ufeff"), str(path))
 
 
 def write_profile(profile: Profile, path: str | os.PathLike[str]) -> Path:
     """Write atomically: render fully, write a temp file beside the target, fsync, rename, fsync the dir.
 
     An existing profile is replaced only by a complete new one; on any failure the old file is untouched
-    and no temporary file is left behind.
+    and no temporary file is left behind. The write holds the directory's lock (profiles of many models
+    share one directory) and follows the output-target policy of `exlx_autocfg.atomic` (a symlink is
+    written through; a device, FIFO or socket is refused with OutputError).
     """
     path = Path(path)
     text = render_profile(profile)  # may raise: nothing has touched the disk yet
@@ -329,8 +334,9 @@ def write_profile(profile: Profile, path: str | os.PathLike[str]) -> Path:
 
 def validate_profile(profile: Profile) -> None:
     """Semantic checks on top of the types; raises `ProfileError` naming the first bad key."""
-    if profile.schema != PROFILE_SCHEMA:
-        _bad("schema", f"version {profile.schema!r} is not supported (this tool reads {PROFILE_SCHEMA})")
+    problem = schema_problem(profile.schema, PROFILE_SCHEMA)
+    if problem:
+        _bad("schema", problem)
     try:
         validate_settings(profile.settings)
     except SettingsError as exc:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from exlx_autocfg import exl2
-from exlx_autocfg.errors import ExlxError, ModelSpecError, StaleProfileError, UsageError
+from exlx_autocfg.errors import ExlxError, ModelSpecError, OptionError, StaleProfileError, UsageError
 from exlx_autocfg.facts.types import Facts
 from exlx_autocfg.profile.format import (
     Profile,
@@ -57,6 +57,8 @@ REFUSED_HINT = ("re-plan with `exlx-autocfg profile`, or let the loader re-plan:
 
 class LoaderError(ExlxError):
     """exllamav2 cannot run the profile in this process (imported with other switches, a backend missing)."""
+
+    code = "error.loader"
 
 
 class StaleProfileWarning(UserWarning):
@@ -117,9 +119,18 @@ def prepare(
     `facts`: fresh facts (default: `detect()` of this interpreter). `overrides`: settings keys applied on
     top of the profile (`max_seq_len=8192`, `cache_mode="Q4"`, `backend="matmul"`...), validated like a
     hand edit. `save`: write new or re-planned profiles to their path.
+
+    Raises OptionError / UsageError (bad arguments or overrides), ModelSpecError (the model directory),
+    ProfileError / SpecialFileError / OutputError (the profile file: unreadable, invalid, not a regular
+    file, cannot be written), StaleProfileError (on_stale='refuse'), LoaderError (exllamav2 in this
+    process cannot run the profile), ProbeError (detect() could not probe this interpreter).
     """
     if on_stale not in ON_STALE:
-        raise UsageError(f"on_stale: {on_stale!r} is not one of {', '.join(ON_STALE)}")
+        raise OptionError("on_stale", on_stale, f"choose one of {', '.join(ON_STALE)}")
+    if not isinstance(model_dir, (str, os.PathLike)):
+        raise OptionError("model_dir", model_dir, "must be the path of a model directory")
+    if facts is not None and not isinstance(facts, Facts):
+        raise OptionError("facts", facts, "must be a Facts document (exlx_autocfg.detect())")
     model_dir = Path(model_dir).expanduser()
     spec = _model_spec(model_dir)
     if facts is None:
@@ -209,7 +220,8 @@ def load(
 ) -> Loaded:
     """`prepare`, then load the model with the planned split (or autosplit with the planned reserves), the
     cache, the tokenizer and a dynamic generator (paged when the profile says so, else unpaged, batch 1).
-    Keyword arguments go to `prepare` (on_stale, facts, save, overrides)."""
+    Keyword arguments go to `prepare` (on_stale, facts, save, overrides). Raises what `prepare` raises, and
+    LoaderError when torch sees no GPU."""
     prepared = prepare(model_dir, profile, **kw)
     import exllamav2
     import torch
