@@ -144,7 +144,6 @@ CODES: dict[str, str] = {
     "draft.context_beyond_trained": "max_seq_len exceeds the draft's trained context",
     "draft.lora_not_applied": "LoRAs apply to the model only; the draft predicts the base model",
     "draft.placed": "where the draft's weights, cache and scratch go, GPU by GPU",
-    "draft.does_not_fit": "the draft does not fit on the GPUs beside the model",
     # ------------------------------------------------------------------------- LoRA adapters (planner/lora)
     "lora.fan_in_fan_out": "the adapter is fan_in_fan_out, which ExLlamaV2Lora refuses",
     "lora.peft_type": "the adapter is not a LoRA (peft_type)",
@@ -160,7 +159,6 @@ CODES: dict[str, str] = {
     "lora.bias": "the adapter stores biases, which exllamav2 accepts only when all zero",
     "lora.scale_negative": "a negative LoRA scale (TabbyAPI refuses it)",
     "lora.base_model_differs": "the adapter names another base model than the one planned",
-    "lora.placed": "the adapter's bytes on the GPUs of the modules it attaches to",
     # --------------------------------------------------------------------------------- staleness
     "stale.model.gone": "the model directory no longer exists",
     "stale.model.other": "the profile was computed for another model directory",

@@ -198,6 +198,11 @@ def _devices(
     return tuple(out)
 
 
+def _where(d: DraftDevice) -> str:
+    layers = f"layers {d.layers[0]}-{d.layers[-1]}" if d.layers else "head only"
+    return f"GPU {d.position}: {layers}, {d.persistent_bytes / MIB:,.0f} MiB held"
+
+
 def _plan(
     draft: ModelSpec,
     devices: tuple[DraftDevice, ...],
@@ -223,14 +228,7 @@ def _plan(
         findings=[
             finding(
                 "draft.placed",
-                f"draft {draft.name} ({load}): "
-                + "; ".join(
-                    f"GPU {d.position}: layers {d.layers[0]}-{d.layers[-1] if d.layers else '-'}, "
-                    f"{d.persistent_bytes / MIB:,.0f} MiB held"
-                    if d.layers
-                    else f"GPU {d.position}: head only, {d.persistent_bytes / MIB:,.0f} MiB held"
-                    for d in devices
-                ),
+                f"draft {draft.name} ({load}): " + "; ".join(_where(d) for d in devices),
                 load=load,
                 source=rules()["load"]["order_source"],
             )
