@@ -344,3 +344,20 @@ def test_tokenizer_files_decide(tmp_path, pair_dirs):
     assert "draft.tokenizer_mismatch" in codes(same, other)
     assert "draft.tokenizer_mismatch" in codes(same, clash)
     assert "draft.tokenizer_unverified" in codes(same, from_config({"bos_token_id": 1}))
+    # the same merges written by tokenizers >= 0.20 (pairs) and older releases ("a b") are one tokenizer
+    pairs = _tokenizer_dir(tmp_path, "p", vocab, [(5, "<|im_end|>")])
+    doc = json.loads((pairs / "tokenizer.json").read_text())
+    doc["model"]["merges"] = [["a", "b"]]
+    (pairs / "tokenizer.json").write_text(json.dumps(doc))
+    assert codes(same, read_tokenizer_info(pairs)) == set()
+
+
+def test_special_ids_and_sentencepiece(tmp_path):
+    d = tmp_path / "spm"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"text_config": {"bos_token_id": 2}, "eos_token_id": 1}))
+    (d / "generation_config.json").write_text(json.dumps({"eos_token_id": [1, 107]}))
+    (d / "tokenizer.model").write_bytes(b"\x0a\x05hello")
+    info = read_tokenizer_info(d)
+    assert (info.source, info.bos_token_id, info.eos_token_ids) == ("tokenizer.model", 2, (1, 107))
+    assert info.comparable and info.vocab_entries is None

@@ -95,7 +95,9 @@ def _tokenizer_json(path: Path) -> tuple[str, int, tuple[tuple[int, str], ...]]:
     else:
         raise ModelSpecError(f"{path}: model.vocab is neither a map nor a list")
     digest = hashlib.sha256(json.dumps(pairs, ensure_ascii=False).encode())
-    digest.update(json.dumps(model.get("merges", []), ensure_ascii=False).encode())
+    # tokenizers >= 0.20 writes merges as [a, b] pairs, older releases as "a b": the same merges either way
+    merges = [" ".join(map(str, m)) if isinstance(m, list) else str(m) for m in model.get("merges") or []]
+    digest.update(json.dumps(merges, ensure_ascii=False).encode())
     added = []
     for entry in doc.get("added_tokens") or []:
         if isinstance(entry, dict) and isinstance(entry.get("id"), int):
