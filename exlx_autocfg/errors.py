@@ -33,6 +33,8 @@ ERROR_CODES: dict[str, str] = {
     "error.hub": "a Hugging Face Hub model cannot be read: repo or revision not found, gated, unreachable, "
     "not cached offline",
     "error.no_candidate": "no branch of a Hub repo holds an EXL2 model that can be planned",
+    "error.adapter": "a LoRA adapter directory cannot be read (no adapter_config.json, no weights, a bad "
+    "rank)",
     "error.profile": "a profile file does not parse or fails validation",
     "error.settings": "a settings value exllamav2 cannot run",
     "error.facts": "a facts document (detect --json) does not parse or has another schema",

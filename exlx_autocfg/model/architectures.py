@@ -30,6 +30,8 @@ class ArchRules:
     mlp_gate: bool = True
     use_qk_norm: bool = False
     residual_fp32: bool = False
+    supports_tp: bool = False  # architecture.py `supports_tp`: load_tp / TPContext accept the architecture
+    supports_tp_source: str = ""
     source: str = ""
 
     @property
