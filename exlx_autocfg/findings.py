@@ -92,6 +92,10 @@ CODES: dict[str, str] = {
     "cache.forced": "the cache mode was forced by --cache",
     "cache.target_reached": "the most precise cache mode that reaches the target context",
     "cache.longest_context": "no cache mode reaches the target: the one with the longest context",
+    "cache.sufficient_context": "no cache mode reaches the model's own target: the most precise one that "
+    "reaches the sufficient context (profiles/policy.toml)",
+    "cache.precision_kept": "a coarser cache mode with more context, not chosen: the chosen one reaches the "
+    "sufficient context",
     "cache.not_allowed": "a cache mode excluded by --cache or --min-cache-precision",
     "cache.does_not_fit": "a cache mode that fits at no context",
     "cache.shorter_context": "a more precise cache mode that reaches less context",
@@ -111,6 +115,14 @@ CODES: dict[str, str] = {
     "plan.exl3_available": "every GPU runs ExLlamaV3 (EXL3), the maintained path",
     "plan.detect_problem": "a problem detect found on this machine",
     "context.target_not_reached": "the requested context does not fit with the chosen cache",
+    "context.beyond_trained": "the requested context is beyond the model's trained length: RoPE scaling "
+    "would be needed",
+    "settings.invalid": "a settings value exllamav2 and its dynamic generator do not accept",
+    "settings.chunk_over_context": "max_input_len larger than max_seq_len: exllamav2 cuts it (the edit does "
+    "nothing)",
+    "settings.split_longer_than_gpus": "gpu_split lists more GPUs than the profile was made for",
+    "settings.split_too_small": "gpu_split leaves exllamav2's set_device_map no room for the modules",
+    "settings.does_not_fit": "a GPU's bytes for these settings exceed its budget",
     "gpu.busy": "a GPU has less free VRAM now than the plan needs",
     "gpu.mig": "a GPU is in MIG mode: the table's VRAM may exceed the instance",
     # ------------------------------------------------------------------------------ check verdicts

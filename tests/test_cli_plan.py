@@ -27,7 +27,7 @@ def test_readable_output_has_decisions_table_and_bars(capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "140")
     code, out, err = plan_cli(capsys, YI, "--gpu", "2080ti-22gb", "--assume", "xformers==0.0.29.post3")
     assert code == 0, err
-    assert "Plan: backend xformers, cache Q4" in out
+    assert "Plan: backend xformers, cache Q6" in out  # the most precise cache past 32k (profiles/policy.toml)
     assert "Decisions" in out and "✗ sdpa: WRONG on exllamav2 0.3.2" in out
     assert "Max context per cache mode" in out and "◀ chosen" in out
     assert "VRAM per GPU" in out and "weights" in out and "free" in out and "█" in out

@@ -77,12 +77,14 @@ def test_prepare_builds_the_real_config_and_cache(exl2, llama, tmp_path, mode, c
 
 
 def test_split_and_reserves_come_through(exl2, llama, tmp_path):
-    path = write_profile_for(llama, tmp_path / "split.toml", backend=usable_backend(exl2),
+    two = samples.facts(gpus=[samples.gpu_2080ti(0), samples.gpu_p40(1, uuid="GPU-p40-second",
+                                                                   pci_bus_id="00000000:02:00.0")])
+    path = write_profile_for(llama, tmp_path / "split.toml", facts=two, backend=usable_backend(exl2),
                              gpu_split=[9.5, 12.25])
-    assert prepare(llama, path, facts=samples.facts()).gpu_split == [9.5, 12.25]
-    auto = write_profile_for(llama, tmp_path / "auto.toml", backend=usable_backend(exl2), autosplit=True,
-                             reserve_bytes=[256 * 1024**2, 64 * 1024**2])
-    prepared = prepare(llama, auto, facts=samples.facts())
+    assert prepare(llama, path, facts=two).gpu_split == [9.5, 12.25]
+    auto = write_profile_for(llama, tmp_path / "auto.toml", facts=two, backend=usable_backend(exl2),
+                             autosplit=True, reserve_bytes=[256 * 1024**2, 64 * 1024**2])
+    prepared = prepare(llama, auto, facts=two)
     assert prepared.autosplit and prepared.reserve_vram == [256 * 1024**2, 64 * 1024**2]
 
 

@@ -120,16 +120,40 @@ def test_default_policy_most_precise_cache_reaching_the_target(specs):
     assert "reaches the target context 8192" in p.reason("cache_mode").why
 
 
-def test_longest_context_when_no_mode_reaches_the_target(specs):
+def test_the_default_policy_keeps_precision_once_the_context_is_sufficient(specs):
+    """No mode reaches the model's own 200k target: 0.1.0 chased length into Q4; the policy keeps the most
+    precise mode that reaches the sufficient context (profiles/policy.toml), and says what Q4 would give."""
     facts = what_if_facts(["2080ti-22gb"], ["xformers==0.0.29.post3"])
     p = plan(facts, specs["nous-capybara-34b@4.0bpw"])  # 200k tokens: nothing reaches it
     by_mode = p.max_seq_len_by_cache_mode
-    assert p.settings.cache_mode == "Q4" and p.settings.max_seq_len == by_mode["Q4"] < 199_936
-    assert by_mode["FP16"] < by_mode["Q8"] < by_mode["Q6"] < by_mode["Q4"]
-    rejected = p.reason("cache_mode").rejected
-    assert [(f.code, f.message) for f in rejected["FP16"]] == [
+    assert by_mode["FP16"] < by_mode["Q8"] < 32768 <= by_mode["Q6"] < by_mode["Q4"] < 199_936
+    assert p.settings.cache_mode == "Q6" and p.settings.max_seq_len == by_mode["Q6"]
+    reason = p.reason("cache_mode")
+    assert reason.code == "cache.sufficient_context" and reason.evidence["sufficient_context"] == 32768
+    assert f"--context {by_mode['Q4']}" in reason.why and "--cache Q4" in reason.why
+    assert [f.code for f in reason.rejected["Q4"]] == ["cache.precision_kept"]
+    assert [(f.code, f.message) for f in reason.rejected["FP16"]] == [
         ("cache.shorter_context", f"reaches only {by_mode['FP16']} tokens")
     ]
+
+
+def test_longest_context_when_the_asked_context_is_out_of_reach(specs):
+    """With --context the user asked for length: no mode reaches it, so the longest wins (Q4)."""
+    facts = what_if_facts(["2080ti-22gb"], ["xformers==0.0.29.post3"])
+    p = plan(facts, specs["nous-capybara-34b@4.0bpw"], context=100_000)
+    by_mode = p.max_seq_len_by_cache_mode
+    assert p.settings.cache_mode == "Q4" and p.settings.max_seq_len == by_mode["Q4"] < 100_000
+    assert p.reason("cache_mode").code == "cache.longest_context"
+    assert "context.target_not_reached" in {w.code for w in p.warnings}
+
+
+def test_nothing_sufficient_means_the_longest(specs):
+    """A 70B on one 24 GB card: no mode reaches even the sufficient context, so the longest wins."""
+    p = plan(what_if_facts(["3090"]), specs["llama3-70b@2.5bpw"])
+    by_mode = p.max_seq_len_by_cache_mode
+    assert max(by_mode.values()) < 32768  # not even Q4 reaches the sufficient context
+    assert p.reason("cache_mode").code == "cache.longest_context"
+    assert (p.settings.cache_mode, p.settings.max_seq_len) == ("Q4", by_mode["Q4"])
 
 
 def test_context_and_precision_overrides(specs):

@@ -24,13 +24,27 @@ RENAMED = {"chunk_size": "max_input_len", "autosplit_reserve_bytes": "reserve_by
 # Answers 0.1.0 got wrong, fixed on purpose (issue 14): the EXL3 advice claimed "every GPU has compute
 # capability >= 8.0" on a 3090 + P40 machine because only the GPUs in use were judged.
 FIXED = {("llama3-8b@4.0bpw", ("3090", "p40")): "every GPU has compute capability >= 8.0"}
-# Warnings added on purpose (issue 14): a what-if rig of different GPUs says the --gpu order is assumed.
-ADDED = {"plan.what_if.gpu_order"}
+# Warnings added on purpose (issue 14): a what-if rig of different GPUs says the --gpu order is assumed; a
+# --context beyond the trained length says what RoPE scaling it needs.
+ADDED = {"plan.what_if.gpu_order", "context.beyond_trained"}
+# The default cache policy changed on purpose (issue 14, profiles/policy.toml): with the model's own target
+# out of reach, 0.1.0 chased length into the coarsest cache; now the most precise cache that reaches the
+# sufficient context is kept. Forcing 0.1.0's choice reproduces 0.1.0's figures exactly.
+POLICY = {("nous-capybara-34b@4.0bpw", ("2080ti-22gb",)): "Q6"}
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c['model']}-{'+'.join(c['gpu'])}")
 def test_plan_equals_release_0_1_0(case):
-    p = plan(what_if_facts(case["gpu"], recommended=True), case["model"], **case["request"]).to_dict()
+    facts = what_if_facts(case["gpu"], recommended=True)
+    request = dict(case["request"])
+    policy = POLICY.get((case["model"], tuple(case["gpu"])))
+    if policy is not None:
+        now = plan(facts, case["model"], **request)
+        assert now.settings.cache_mode == policy
+        assert now.reason("cache_mode").code == "cache.sufficient_context"
+        assert now.max_seq_len_by_cache_mode == case["max_seq_len_by_cache_mode"]
+        request["cache"] = case["settings"]["cache_mode"]  # 0.1.0's choice, forced
+    p = plan(facts, case["model"], **request).to_dict()
     assert {RENAMED.get(k, k): v for k, v in case["settings"].items()} == p["settings"]
     assert p["max_seq_len_by_cache_mode"] == case["max_seq_len_by_cache_mode"]
     assert p["kv_cache_bytes_per_token"] == case["kv_cache_bytes_per_token"]
@@ -41,7 +55,12 @@ def test_plan_equals_release_0_1_0(case):
          "rejected": {alt: "; ".join(f["message"] for f in fs) for alt, fs in r["rejected"].items()}}
         for r in p["reasons"]
     ]
+    if policy is not None:  # the cache_mode reason now says "forced"; every other decision is the same
+        ours = [r for r in ours if r["decision"] != "cache_mode"]
+        case = {**case, "reasons": [r for r in case["reasons"] if r["decision"] != "cache_mode"]}
     assert ours == case["reasons"]
+    if policy is not None:  # forcing a cache that misses the target says so
+        p["warnings"] = [w for w in p["warnings"] if w["code"] != "context.target_not_reached"]
     fixed = FIXED.get((case["model"], tuple(case["gpu"])))
     expected = [w for w in case["warnings"] if not (fixed and w.startswith(fixed))]
     assert [w["message"] for w in p["warnings"] if w["code"] not in ADDED] == expected

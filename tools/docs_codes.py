@@ -27,6 +27,7 @@ AREAS = {
     "context": "Plan warnings",
     "gpu": "Plan warnings",
     "check": "Check verdicts (`check --json` `verdicts[].code`)",
+    "settings": "Settings that cannot work (`verify --json` `settings_problems[].code`, `prepare`)",
     "stale": "Staleness changes (`verify --json` `changes[].code`, `prepare`)",
     "legacy": "Compatibility",
 }

@@ -120,41 +120,58 @@ def verify_command(
         else:
             note = f"the profile's interpreter {recorded} no longer exists: probed this one instead"
     facts = detect(python=python)
+    spec: Any = None
     if model is not None:
         from exlx_autocfg.model.load import load_model_spec
 
-        changes = find_changes(profile, facts, load_model_spec(model).fingerprint, model_dir=model)
+        spec = load_model_spec(model)
+        changes = find_changes(profile, facts, spec.fingerprint, model_dir=model)
         m = profile.computed_for.model
         if not any(c.kind == "model" for c in changes) and m.hf_repo:
             same = (f"{model} holds the revision the profile was planned from: "
                     f"hf:{m.hf_repo}@{m.hf_revision} (commit {(m.hf_commit or '?')[:12]})")
             note = f"{note}; {same}" if note else same
     elif profile.computed_for.model.hf_repo and not profile.computed_for.model.dir:
-        changes, checked = hub_changes(profile, facts)
+        changes, checked, spec = hub_changes(profile, facts)
         note = f"{note}; {checked}" if note and checked else note or checked
     else:
-        fingerprint, exists = model_fingerprint(profile)
+        spec, exists = profile_model(profile)
+        fingerprint = spec.fingerprint if spec is not None and profile.computed_for.model.dir else None
         changes = find_changes(profile, facts, fingerprint, model_dir_exists=exists)
+    # The settings as they are in the file (hand edits included), re-checked with the memory model.
+    from exlx_autocfg.profile.recheck import settings_problems
+
+    problems = settings_problems(profile, spec) if spec is not None else []
+    if spec is None:
+        unchecked = "the settings were not re-checked: the model could not be read"
+        note = f"{note}; {unchecked}" if note else unchecked
     if as_json:
         typer.echo(json.dumps({
             "profile": str(profile_path),
-            "current": not changes,
+            "current": not changes and not problems,
             "python": facts.python.executable,
             "note": note,
             "changes": [{"code": c.code, "kind": c.kind, "subject": c.subject, "message": c.message}
                         for c in changes],
+            "settings_problems": [{"code": f.code, "message": f.message} for f in problems],
         }, indent=2))
-        return EXIT_NEGATIVE if changes else EXIT_OK
+        return EXIT_NEGATIVE if changes or problems else EXIT_OK
     if note:
         typer.echo(f"note: {note}")
     if changes:
         typer.echo(f"stale: {profile_path}")
         for change in changes:
             typer.echo(f"  - {change.message}")
+    if problems:
+        typer.echo(f"settings that cannot work: {profile_path}")
+        for problem in problems:
+            typer.echo(f"  - {problem.message}")
+    if changes or problems:
         typer.echo(f"  re-plan with: {replan_command(profile, profile_path)}")
     else:
-        typer.echo(f"current: {profile_path} matches this machine, its libraries and the model")
-    return EXIT_NEGATIVE if changes else EXIT_OK
+        typer.echo(f"current: {profile_path} matches this machine, its libraries and the model, and its "
+                   "settings fit the GPUs it was made for")
+    return EXIT_NEGATIVE if changes or problems else EXIT_OK
 
 
 @app.command("prepare")
@@ -217,21 +234,27 @@ def prepare_command(
 # ---------------------------------------------------------------------------------------------------------
 
 
-def model_fingerprint(profile: Profile) -> tuple[str | None, bool]:
-    """(the model's fingerprint now, whether its directory still exists); catalog models have no directory."""
-    model_dir = profile.computed_for.model.dir
-    if not model_dir:
-        return None, True
-    if not Path(model_dir).is_dir():
-        return None, False
+def profile_model(profile: Profile) -> tuple[Any, bool]:
+    """(the model the profile was made for, read now; whether its directory still exists): a directory, or
+    a catalog model by its name; None when it cannot be read."""
+    from exlx_autocfg.errors import ExlxError
     from exlx_autocfg.model.load import load_model_spec
 
-    return load_model_spec(model_dir).fingerprint, True
+    m = profile.computed_for.model
+    if m.dir and not Path(m.dir).is_dir():
+        return None, False
+    try:
+        return load_model_spec(m.dir or m.name), True
+    except ExlxError:
+        if m.dir:
+            raise
+        return None, True  # a catalog name this version does not know
 
 
-def hub_changes(profile: Profile, facts: Any) -> tuple[list[Any], str | None]:
+def hub_changes(profile: Profile, facts: Any) -> tuple[list[Any], str | None, Any]:
     """A profile planned from the Hub before the download: is its revision still what it was? (A branch
-    may have been re-uploaded.) Returns the changes and a note when the Hub could not be asked."""
+    may have been re-uploaded.) Returns the changes, a note when the Hub could not be asked, and the spec
+    read from the Hub (None then)."""
     from exlx_autocfg.errors import HubError
     from exlx_autocfg.model.hub import HubRef, read_hub_spec
     from exlx_autocfg.profile.staleness import find_changes
@@ -241,10 +264,10 @@ def hub_changes(profile: Profile, facts: Any) -> tuple[list[Any], str | None]:
     try:
         spec = read_hub_spec(HubRef(str(m.hf_repo), revision))
     except HubError as exc:
-        return find_changes(profile, facts, None), f"the Hub revision was not checked: {exc.one_line()}"
+        return find_changes(profile, facts, None), f"the Hub revision was not checked: {exc.one_line()}", None
     assert spec.hub is not None
     now = f"hf:{m.hf_repo}@{revision} (now commit {spec.hub.commit[:12]})"
-    return find_changes(profile, facts, spec.fingerprint, model_dir=now), None
+    return find_changes(profile, facts, spec.fingerprint, model_dir=now), None, spec
 
 
 # Plan request keys -> `profile` options, with the defaults that need not be repeated.

@@ -13,6 +13,7 @@ from exlx_autocfg.findings import Finding, finding
 from exlx_autocfg.planner import decisions, memory
 from exlx_autocfg.planner.core import Solved, overheads_of
 from exlx_autocfg.planner.request import Request
+from exlx_autocfg.planner.rope import rope_advice, rope_alpha
 from exlx_autocfg.planner.split import set_device_map_allocation
 from exlx_autocfg.planner.types import DeviceMemory, Plan, PlanGPU, Reason
 from exlx_autocfg.settings import Settings
@@ -45,7 +46,8 @@ def memory_rows(gpus: list[GPU], solved: Solved) -> list[DeviceMemory]:
 
 
 def plan_warnings(
-    facts: Facts, gpus: list[GPU], unused: list[GPU], req: Request, rows: list[DeviceMemory], solved: Solved
+    facts: Facts, spec: Any, gpus: list[GPU], unused: list[GPU], req: Request, rows: list[DeviceMemory],
+    solved: Solved,
 ) -> list[Finding]:
     out = []
     if solved.max_seq_len < solved.target and (req.context is not None or req.cache):
@@ -59,6 +61,16 @@ def plan_warnings(
                 cache_mode=solved.mode,
             )
         )
+    trained = spec.max_position_embeddings
+    if req.context is not None and solved.max_seq_len > trained:
+        out.append(finding(
+            "context.beyond_trained",
+            f"--context {req.context} is beyond the model's trained context {trained} "
+            f"(max_position_embeddings); planned {solved.max_seq_len} tokens as asked, but "
+            f"{rope_advice(trained, solved.max_seq_len)}",
+            context=req.context, trained=trained, planned=solved.max_seq_len,
+            rope_alpha=round(rope_alpha(trained, solved.max_seq_len), 2),
+        ))
     out += solved.selection.warnings
     if facts.what_if:
         libs = ", ".join(f"{n} {lib.version}" for n, lib in sorted(facts.libraries.items()) if lib.installed)
@@ -164,7 +176,7 @@ def assemble(
         gpu_split=gpu_split,
         **sel.switches,
     )
-    all_warnings = [*warnings, *plan_warnings(facts, gpus, unused, req, rows, solved)]
+    all_warnings = [*warnings, *plan_warnings(facts, spec, gpus, unused, req, rows, solved)]
     unique = list({(w.code, w.message): w for w in all_warnings}.values())
     return Plan(
         model=spec.summary(),

@@ -144,15 +144,16 @@ def plan(facts: Facts, model: Any, **request: Any) -> Plan:
             )
         )
         solved = _solve(facts, spec, gpus, exllamav2, req)
-    last = max(i for i, dev in enumerate(solved.devices) if dev.modules)
-    if last + 1 < len(gpus):
-        # GPUs after the last module are not needed. Only the GPUs in use run attention: re-judge the backend
-        # on those (a weak card left idle must not veto flash-attn), and re-plan if that changes it.
-        keep = gpus[: last + 1]
+    used = [i for i, dev in enumerate(solved.devices) if dev.modules]
+    if len(used) < len(gpus):
+        # A GPU the placement left empty is not needed: after the last module, or one too full to take any
+        # (--budget free on a busy card). Only the GPUs in use run attention: re-judge the backend on those
+        # (a weak card left idle must not veto flash-attn), and re-plan if that changes it.
+        keep = [gpus[i] for i in used]
         if select(query_for(facts, spec, keep, exllamav2), req.backend).backend != solved.selection.backend:
             solved = _solve(facts, spec, keep, exllamav2, req)
         else:
-            solved.devices = solved.devices[: last + 1]
+            solved.devices = [solved.devices[i] for i in used]
         gpus = keep
     unused = [g for g in all_gpus if g not in gpus]
     return assemble(facts, spec, gpus, unused, exllamav2, req, solved, warnings)

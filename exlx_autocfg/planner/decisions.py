@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from exlx_autocfg import exl2
+from exlx_autocfg.data import load_data
 from exlx_autocfg.findings import finding
 from exlx_autocfg.planner.backends import Selection
 from exlx_autocfg.planner.request import Request
@@ -85,51 +86,60 @@ def paged_reason(sel: Selection) -> Reason:
 # -------------------------------------------------------------------------------------------- cache mode
 
 
-def choose_cache_mode(
-    by_mode: dict[str, int], req: Request, target: int, target_why: str
-) -> tuple[str, Reason]:
-    """The most precise allowed cache mode that reaches the target context, else the one reaching the most;
-    every other mode with why it was not chosen."""
+def sufficient_context() -> int:
+    """The context past which the default policy keeps precision rather than chase length
+    (profiles/policy.toml `[cache]`)."""
+    return int(load_data("policy.toml")["cache"]["sufficient_context"])
+
+
+def choose_cache_mode(by_mode: dict[str, int], req: Request, target: int, target_why: str
+                      ) -> tuple[str, Reason]:
+    """The cache mode by the policy in profiles/policy.toml: the most precise allowed mode that reaches the
+    target context; when none does, the longest context if the user asked for that context, else (the target
+    is the model's own) the most precise mode that reaches the sufficient context, then the longest. Every
+    other mode comes with why it was not chosen."""
     modes = exl2.CACHE_MODES
     allowed = req.allowed_modes()
     reaching = [mode for mode in allowed if by_mode[mode] >= target]
+    longest = max(allowed, key=lambda md: (by_mode[md], -modes.index(md)))
+    enough = min(sufficient_context(), target)
+    sufficient = [mode for mode in allowed if by_mode[mode] >= enough]
     if req.cache:
         mode, code, why = req.cache, "cache.forced", f"forced by --cache {req.cache}"
     elif reaching:
         mode, code = reaching[0], "cache.target_reached"
         why = f"the most precise cache that reaches the target context {target} ({target_why})"
+    elif req.context is None and sufficient and sufficient[0] != longest:
+        mode, code = sufficient[0], "cache.sufficient_context"
+        why = (f"no cache mode reaches the target {target} ({target_why}); {mode} is the most precise that "
+               f"reaches {enough} tokens, the context past which the planner keeps precision rather than "
+               f"chase length ({longest} would reach {by_mode[longest]}: pass --context {by_mode[longest]} "
+               f"or --cache {longest} for that)")
     else:
-        mode = max(allowed, key=lambda md: (by_mode[md], -modes.index(md)))
-        code = "cache.longest_context"
+        mode, code = longest, "cache.longest_context"
         why = f"no cache mode reaches the target {target} ({target_why}); {mode} gives the longest context"
     rejected = {}
     for other in modes:
         if other == mode:
             continue
         if other not in allowed:
-            text = (
-                f"--cache {req.cache} given"
-                if req.cache
-                else f"not allowed by --min-cache-precision {req.min_cache_precision}"
-            )
+            text = (f"--cache {req.cache} given" if req.cache
+                    else f"not allowed by --min-cache-precision {req.min_cache_precision}")
             rejected[other] = [finding("cache.not_allowed", text, mode=other)]
         elif by_mode[other] == 0:
             rejected[other] = [finding("cache.does_not_fit", "does not fit at any context", mode=other)]
         elif modes.index(other) < modes.index(mode):
-            rejected[other] = [
-                finding(
-                    "cache.shorter_context",
-                    f"reaches only {by_mode[other]} tokens",
-                    mode=other,
-                    max_seq_len=by_mode[other],
-                )
-            ]
+            rejected[other] = [finding("cache.shorter_context", f"reaches only {by_mode[other]} tokens",
+                                       mode=other, max_seq_len=by_mode[other])]
+        elif code == "cache.sufficient_context" and by_mode[other] > by_mode[mode]:
+            rejected[other] = [finding("cache.precision_kept", f"coarser than {mode}, which already reaches "
+                                       f"{enough} tokens (it would reach {by_mode[other]})", mode=other,
+                                       max_seq_len=by_mode[other])]
         else:
             more = f" (reaches {by_mode[other]})" if by_mode[other] != by_mode[mode] else ""
-            rejected[other] = [
-                finding("cache.coarser", f"coarser than {mode}{more}", mode=other, max_seq_len=by_mode[other])
-            ]
-    evidence = {"target": target, "max_seq_len_by_cache_mode": dict(by_mode)}
+            rejected[other] = [finding("cache.coarser", f"coarser than {mode}{more}", mode=other,
+                                       max_seq_len=by_mode[other])]
+    evidence = {"target": target, "max_seq_len_by_cache_mode": dict(by_mode), "sufficient_context": enough}
     return mode, Reason("cache_mode", mode, code, why, evidence, rejected)
 
 

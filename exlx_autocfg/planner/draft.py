@@ -29,6 +29,8 @@ from exlx_autocfg.findings import Finding, finding
 from exlx_autocfg.model.spec import ModelSpec
 from exlx_autocfg.model.tokenizer import TokenizerInfo
 from exlx_autocfg.planner import memory
+from exlx_autocfg.planner.rope import rope_alpha
+from exlx_autocfg.planner.split import set_device_map_placement
 
 GIB = 1024**3
 MIB = 1024**2
@@ -301,53 +303,6 @@ def place_draft_autosplit(
     )
 
 
-def set_device_map_placement(
-    spec: ModelSpec,
-    allocation_gb: Sequence[float],
-    *,
-    max_seq_len: int,
-    max_input_len: int,
-    max_batch_size: int = 1,
-    max_attention_size: int | None = None,
-    flash_or_xformers: bool = False,
-) -> list[int]:
-    """The device exllamav2's set_device_map(allocation) gives each GPU module (the embedding stays on the
-    CPU), in module order: per device, the allocation less RoPE tables, hidden state and mask, then modules
-    while footprint + max scratch_space() + max temp_attn_size() fits (model.py set_device_map).
-    Raises DoesNotFitError where exllamav2 asserts "Insufficient space in device allocation"."""
-    attn_size = max_attention_size if max_attention_size is not None else max_input_len**2
-    constant = spec.head_dim * max_seq_len * 2 * 2  # sincos_size * 2 (every modelled arch has RoPE)
-    state = spec.hidden_size * max_input_len * max_batch_size * 2
-    mask = max_input_len**2 * max_batch_size * 2
-    left = [a * GIB - (constant + state + mask) for a in allocation_gb]
-    reserve = [0] * len(left)
-    reserve_attn = [0] * len(left)
-    temp_attn = memory.manual_split_attn_reserve_bytes(
-        spec, attn_size, max_seq_len, flash_or_xformers=flash_or_xformers
-    )
-    out: list[int] = []
-    cur = 0
-    for c in memory.module_costs(spec, max_input_len, max_batch_size, max_seq_len):
-        if c.on_cpu:
-            continue
-        attn = temp_attn if c.kind == "attn" else 0
-        while True:
-            if cur >= len(left):
-                raise DoesNotFitError(
-                    f"{spec.name}: gpu_split {list(allocation_gb)} GB is too small for its modules "
-                    "(exllamav2: Insufficient space in device allocation)"
-                )
-            s = max(c.scratch_bytes, reserve[cur])
-            sa = max(attn, reserve_attn[cur])
-            if c.weight_bytes + s + sa <= left[cur]:
-                break
-            cur += 1
-        reserve[cur], reserve_attn[cur] = s, sa
-        left[cur] -= c.weight_bytes
-        out.append(cur)
-    return out
-
-
 def place_draft_gpu_split(
     draft: ModelSpec,
     draft_gpu_split: Sequence[float],
@@ -402,9 +357,7 @@ def place_draft_gpu_split(
 
 def rope_alpha_for(trained: int, target: int) -> float:
     """TabbyAPI's calculate_rope_alpha(trained, target): 1 up to the trained length, else its quadratic."""
-    c = rules()["rope_alpha"]
-    ratio = target / trained
-    return 1.0 if ratio <= 1.0 else c["c0"] + c["c1"] * ratio + c["c2"] * ratio**2
+    return rope_alpha(trained, target)
 
 
 def cache_length(spec: ModelSpec, mode: str, tokens: int) -> int:

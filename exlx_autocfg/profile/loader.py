@@ -23,7 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from exlx_autocfg import exl2
-from exlx_autocfg.errors import ExlxError, ModelSpecError, OptionError, StaleProfileError, UsageError
+from exlx_autocfg.errors import (
+    ExlxError,
+    ModelSpecError,
+    OptionError,
+    ProfileError,
+    StaleProfileError,
+    UsageError,
+)
 from exlx_autocfg.facts.types import Facts
 from exlx_autocfg.profile.format import (
     Profile,
@@ -168,6 +175,21 @@ def prepare(
     settings = apply_overrides(prof.settings, overrides)
     if overrides:
         notes.append("overrides: " + ", ".join(f"{k}={v!r}" for k, v in sorted(overrides.items())))
+    # The settings as they are (hand edits and overrides included), re-checked with the memory model against
+    # the GPUs the profile was made for: an edit that cannot work is refused before anything is loaded.
+    from exlx_autocfg.profile.recheck import settings_problems
+
+    problems = settings_problems(prof, spec, settings)
+    if problems:
+        where = f"profile {path}" if path else "the profile"
+        what = "; ".join(f.message for f in problems)
+        if on_stale != "warn":
+            raise ProfileError(f"{where}: its settings cannot work on the GPUs it was made for: {what}",
+                               hint="re-plan with `exlx-autocfg profile`, or fix the edit (on_stale='warn' "
+                               "loads it anyway)")
+        message = f"{where}: its settings cannot work on the GPUs it was made for, using them anyway: {what}"
+        notes.append(message)
+        warnings.warn(message, StaleProfileWarning, stacklevel=2)
 
     module, import_problem = _import_exllamav2(settings, notes)
     config = _build_config(module, model_dir, settings, notes)
