@@ -37,7 +37,7 @@ def test_explicit_head_dim_swa_and_softcap(tmp_path):
     assert spec.head_dim == 256 != spec.hidden_size // spec.num_attention_heads
     assert spec.uses_swa and spec.sliding_window == 4096
     assert (spec.attn_logit_softcapping, spec.final_logit_softcapping) == (50.0, 30.0)
-    assert spec.head_alt_key == "model.embed_tokens" and not spec.tie_word_embeddings  # tied by the architecture
+    assert spec.head_alt_key == "model.embed_tokens" and not spec.tie_word_embeddings  # the arch ties it
     mistral = load_model_spec(make_model_dir(tmp_path, "mistral-7b"))
     assert mistral.sliding_window == 4096 and not mistral.uses_swa  # exllamav2 ignores Mistral's window
 

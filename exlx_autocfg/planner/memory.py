@@ -188,7 +188,7 @@ def temp_dq_bytes(lin: LinearNode) -> int:
     return 2 * min(lin.in_features * lin.padded_out, MAX_DQ_SIZE)
 
 
-def _attn_scratch(node: ModuleNode, rows: int, max_seq_len: int, batch: int) -> tuple[int, int]:
+def attn_scratch(node: ModuleNode, rows: int, max_seq_len: int, batch: int) -> tuple[int, int]:
     """attn.py scratch_space_fixed / scratch_space (L370-424) -> (fixed, scratch)."""
     q_out, kv_out = node.heads * node.head_dim, node.kv_heads * node.head_dim
     state = rows * max(q_out, node.hidden) * 2 + 128
@@ -199,14 +199,14 @@ def _attn_scratch(node: ModuleNode, rows: int, max_seq_len: int, batch: int) -> 
     return state + dq, state + temp_q + temp_kv_proj + dq + temp_kv
 
 
-def _mlp_scratch(node: ModuleNode, rows: int) -> int:
+def mlp_scratch(node: ModuleNode, rows: int) -> int:
     """mlp.py scratch_space (L258-300): state + temp_a + temp_b + the largest dequant buffer."""
     widest = max(node.in_features, node.interm_features, node.out_features)
     state = rows * node.out_features * 2 + 128
     return state + 2 * (rows * widest * 2 + 128) + max(temp_dq_bytes(lin) for lin in node.linears)
 
 
-def _moe_scratch(node: ModuleNode, rows: int, experts: int) -> int:
+def moe_scratch(node: ModuleNode, rows: int, experts: int) -> int:
     """moe_mlp.py scratch_space (L158-208); its dequant buffer is sized from expert 0's w1/w2/w3."""
     h, inter = node.hidden, node.interm_features
     w1, w2, w3 = node.linears[1], node.linears[1 + experts], node.linears[1 + 2 * experts]
@@ -214,7 +214,7 @@ def _moe_scratch(node: ModuleNode, rows: int, experts: int) -> int:
     return 2 * (rows * h * 2 + 128) + 2 * (rows * inter * 2 + 128) + (rows * experts * 2 + 128) + dq
 
 
-def _node_weight(spec: ModelSpec, node: ModuleNode, have: dict[str, int], norm_bytes: int) -> int:
+def node_weight(spec: ModelSpec, node: ModuleNode, have: dict[str, int], norm_bytes: int) -> int:
     """weight_footprint() of a module: its linears, plus hidden_size * 2 per norm and per head norm
     (rmsnorm.py / layernorm.py / headnorm.py count config.hidden_size * 2, whatever their tensors hold)."""
     norms = (len(node.norms) + len(node.head_norms)) * norm_bytes
@@ -251,28 +251,28 @@ def module_costs(
         elif node.kind == "pos_embedding":
             costs.append(ModuleCost(node.key, "pos_embedding", None, seq * h * 2, 0, 0))
         elif node.kind == "attn":
-            fixed, scratch = _attn_scratch(node, rows, seq, max_batch_size)
-            weight = _node_weight(spec, node, have, h * 2)
+            fixed, scratch = attn_scratch(node, rows, seq, max_batch_size)
+            weight = node_weight(spec, node, have, h * 2)
             costs.append(ModuleCost(f"{node.key}.self_attn", "attn", node.layer, weight, fixed, scratch,
                                     load_extra_bytes=load_extra))
         elif node.kind in ("mlp", "moe"):
-            scratch = (_moe_scratch(node, rows, spec.num_experts or 0) if node.kind == "moe"
-                       else _mlp_scratch(node, rows))
-            weight = _node_weight(spec, node, have, h * 2)
+            scratch = (moe_scratch(node, rows, spec.num_experts or 0) if node.kind == "moe"
+                       else mlp_scratch(node, rows))
+            weight = node_weight(spec, node, have, h * 2)
             costs.append(ModuleCost(f"{node.key}.mlp", node.kind, node.layer, weight, scratch, scratch,
                                     load_extra_bytes=load_extra))
         elif node.kind == "parallel_decoder":
             attn, mlp = node.parts
-            a_fixed, a_scratch = _attn_scratch(attn, rows, seq, max_batch_size)
-            m_scratch = _mlp_scratch(mlp, rows)
-            weight = h * 2 + _node_weight(spec, attn, have, h * 2) + _node_weight(spec, mlp, have, h * 2)
+            a_fixed, a_scratch = attn_scratch(attn, rows, seq, max_batch_size)
+            m_scratch = mlp_scratch(mlp, rows)
+            weight = h * 2 + node_weight(spec, attn, have, h * 2) + node_weight(spec, mlp, have, h * 2)
             costs.append(ModuleCost(node.key, "parallel_decoder", node.layer, weight, max(a_fixed, m_scratch),
                                     max(a_scratch, m_scratch), load_extra_bytes=load_extra))
         elif node.kind == "norm":
             costs.append(ModuleCost(node.key, "norm", None, h * 2, 0, 0))
         else:  # lm_head: not a sub-module, so no temp_fwd: only its dequant buffer
             dq = temp_dq_bytes(node.linears[0])
-            costs.append(ModuleCost(node.key, "lm_head", None, _node_weight(spec, node, have, h * 2), dq, dq,
+            costs.append(ModuleCost(node.key, "lm_head", None, node_weight(spec, node, have, h * 2), dq, dq,
                                     load_extra_bytes=load_extra))
     return costs
 

@@ -26,6 +26,7 @@ from exlx_autocfg.model.catalog import catalog, catalog_config, catalog_preproce
 from exlx_autocfg.model.layout import DEFAULT_HEAD_BITS, tensor_nbytes
 from exlx_autocfg.model.safetensors import write_header_only
 from tests.support import real_layout
+from tests.support.vision_configs import TINY_VISION
 
 # Small but real-shaped configs (every dimension a multiple of 32, GQA where the family has it) for
 # tests that must run exllamav2 code paths quickly.
@@ -463,6 +464,8 @@ def model_config(arch: str) -> dict[str, Any]:
     for table in (TINY_CONFIGS, FIXTURE_CONFIGS):
         if arch in table:
             return json.loads(json.dumps(table[arch]))
+    if arch in TINY_VISION:
+        return json.loads(json.dumps(TINY_VISION[arch][0]))
     model_id = resolve_catalog_id(arch)
     if model_id is None:
         raise KeyError(f"unknown arch {arch!r}: not a tiny or fixture config and not in the catalog")
@@ -472,6 +475,8 @@ def model_config(arch: str) -> dict[str, Any]:
 def model_preprocessor(arch: str) -> dict[str, Any] | None:
     if arch in FIXTURE_PREPROCESSORS:
         return json.loads(json.dumps(FIXTURE_PREPROCESSORS[arch]))
+    if arch in TINY_VISION:
+        return json.loads(json.dumps(TINY_VISION[arch][1]))
     model_id = resolve_catalog_id(arch)
     return catalog_preprocessor(model_id) if model_id in catalog() else None
 
