@@ -84,6 +84,8 @@ CODES: dict[str, str] = {
     "backend.forced.gpus_dropped": "a forced backend is invalid on some GPUs: planned without them",
     # ---------------------------------------------------------------------------- plan decisions
     "gpus.unused": "the model and its cache fit without some GPUs",
+    "backend.eager_only": "the architecture runs with eager attention only: exllamav2's "
+    "arch_compat_overrides turns off flash-attn, xformers and SDPA for it",
     "backend.forced": "the backend was forced by --backend and is valid here",
     "backend.highest_valid": "the highest-ranked valid backend in exllamav2's precedence",
     "switches.realise_backend": "the EXLLAMA_NO_* switches that make exllamav2 land on the chosen backend",
@@ -109,6 +111,9 @@ CODES: dict[str, str] = {
     "plan.what_if": "the plan's facts come from the GPU table and assumed versions",
     "plan.exl3_available": "every GPU runs ExLlamaV3 (EXL3), the maintained path",
     "plan.detect_problem": "a problem detect found on this machine",
+    "model.context_defaulted": "config.json names no context length: exllamav2's max_seq_len is its 2048 "
+    "default (Gemma 3's published files), pass --context",
+    "vision.not_planned": "the model has a vision tower the plan leaves out (plan --vision includes it)",
     "context.target_not_reached": "the requested context does not fit with the chosen cache",
     "gpu.busy": "a GPU has less free VRAM now than the plan needs",
     "gpu.mig": "a GPU is in MIG mode: the table's VRAM may exceed the instance",

@@ -148,21 +148,15 @@ def parse_config(
     rope_theta = t(float, ["rope_theta", "attn_config->rope_theta"], float(d.get("rope_theta", 10000.0)))
     if not math.isfinite(rope_theta) or rope_theta <= 0:
         raise ModelSpecError(f"{where}: rope_theta must be a positive number, got {rope_theta}")
-    max_pos = _positive(
-        where,
+    context_keys = [
+        "max_sequence_length",
+        "model_max_length",
         "max_position_embeddings",
-        t(
-            int,
-            [
-                "max_sequence_length",
-                "model_max_length",
-                "max_position_embeddings",
-                "max_seq_len",
-                "n_positions",
-            ],
-            2048,
-        ),
-    )
+        "max_seq_len",
+        "n_positions",
+    ]
+    named_max = t(int, context_keys, None)
+    max_pos = _positive(where, "max_position_embeddings", 2048 if named_max is None else named_max)
     sliding = t(int, ["sliding_window", "sliding_window_size"], 0)
     if sliding < 0:
         raise ModelSpecError(f"{where}: sliding_window must not be negative, got {sliding}")
@@ -194,6 +188,7 @@ def parse_config(
         intermediate_size=inter,
         vocab_size=vocab,
         max_position_embeddings=max_pos,
+        max_seq_len_defaulted=named_max is None,
         rope_theta=rope_theta,
         rope_scaling=rope_scaling,
         sliding_window=sliding,

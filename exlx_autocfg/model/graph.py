@@ -1,4 +1,4 @@
-"""The modules exllamav2 0.3.2 builds for a model, as data: `model.py ExLlamaV2.__init__` (L79-170) for the
+"""The modules exllamav2 0.3.2 builds for a model, as data: `model.py ExLlamaV2.__init__` (L78-172) for the
 language model and `vlm/vision_tower.py ExLlamaV2VisionTower.__init__` (L35-225) for the vision tower, with
 the linears, norms and fused keys each module constructor (attn.py, mlp.py, moe_mlp.py, parallel_decoder.py,
 pos_embedding.py, conv.py) gives itself.
@@ -55,7 +55,7 @@ class ModuleNode:
     interm_features: int = 0
     sliding_window: int = 0
     rope_index: int = 0
-    alt_key: str | None = None  # lm_head: where the head falls back to (model.py L145)
+    alt_key: str | None = None  # lm_head: where the head falls back to (model.py L152-153)
     channels: int = 0  # conv: in_channels, kernel
     kernel: tuple[int, ...] = ()
     conv_bias: bool = False

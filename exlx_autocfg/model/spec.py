@@ -69,6 +69,9 @@ class ModelSpec:
     use_qk_norm: bool = False
     partial_rotary_factor: float = 1.0
     norm_eps: float | None = None
+    # config.json names no context length (Gemma 3's published files): exllamav2's max_seq_len is then its
+    # 2048 default (config.py L369-375), far below what the model was trained for; say so, ask for --context
+    max_seq_len_defaulted: bool = False
     sliding_window_pattern: int = 1  # config sliding_window_pattern (Gemma 3: every 6th layer is global)
     rope_theta_alt: float | None = None  # a second RoPE base for the sliding layers (Gemma 3): a second table
     attention_bias_qkv: bool = False  # after architecture.py's config.json overrides (L920, L937-944)
@@ -96,7 +99,8 @@ class ModelSpec:
     @property
     def head_alt_key(self) -> str | None:
         """Where the head falls back to when `lm_head` has no tensor: the architecture's keys["lm_head"], or
-        model.embed_tokens when config.json ties the embeddings (architecture.py L946-951; model.py L145)."""
+        model.embed_tokens when config.json ties the embeddings (architecture.py L946-951, model.py
+        L152-153)."""
         key = "model.embed_tokens" if self.tie_word_embeddings else self.rules.lm.key("lm_head")
         return None if key in (None, "lm_head") else key
 
@@ -124,7 +128,7 @@ class ModelSpec:
         return self.rules.lm.rope_style
 
     def sliding_window_of(self, layer: int) -> int:
-        """The window model.py L107-119 gives `layer` (0: full attention)."""
+        """The window model.py L111-120 gives `layer` (0: full attention)."""
         lm = self.rules.lm
         if lm.alternating_swa:
             if self.sliding_window_pattern > 1:

@@ -117,6 +117,7 @@ class BackendQuery:
     exllamav2: str  # version string
     softcap: bool = False  # the model needs attention logit softcapping
     sliding_window: bool = False  # the model needs sliding-window attention (exllamav2 swa/alternating_swa)
+    eager_only: bool = False  # the architecture is eager-only (ModelSpec.eager_only; none in 0.3.2)
 
     @property
     def exllamav2_version(self) -> Version:
@@ -158,6 +159,12 @@ def _details(q: BackendQuery, package: str) -> dict[str, Any]:
     return {**derived, **{k: v for k, v in lib.details.items() if v is not None}}
 
 
+def _eager_only(q: BackendQuery) -> list[str]:
+    """arch_compat_overrides (config.py L640-647): an eager-only architecture gets no flash-attn, xformers
+    or SDPA (profiles/backends.toml [model_features.eager_only])."""
+    return [rules()["model_features"]["eager_only"]["reason"]] if q.eager_only else []
+
+
 # ------------------------------------------------------------------------------------------------ backends
 
 
@@ -168,7 +175,7 @@ class FlashAttn:
     def validate(q: BackendQuery) -> list[str]:
         r = rules()["flash_attn"]
         # The hardware reason first: it holds whatever gets installed, so it is the one users need.
-        reasons: list[str] = []
+        reasons: list[str] = _eager_only(q)
         if q.rocm:
             reasons.append(
                 "ROCm: flash-attn is not used on HIP (TabbyAPI compatibility mode sets no_flash_attn)"
@@ -217,7 +224,7 @@ class Xformers:
         if exl2 < Version(r["min_exllamav2"]):
             return [f"exllamav2 {q.exllamav2} has no xformers path (added in {r['min_exllamav2']})"]
         # What the model needs first: no xformers release can serve it.
-        reasons: list[str] = []
+        reasons: list[str] = _eager_only(q)
         if q.softcap:
             reasons.append("the model needs logit softcapping, which the xformers path ignores")
         if q.sliding_window:
@@ -296,7 +303,7 @@ class Sdpa:
         exl2 = q.exllamav2_version
         if exl2 < Version(r["min_exllamav2"]):
             return [f"exllamav2 {q.exllamav2} has no SDPA path (added in {r['min_exllamav2']})"]
-        reasons = []
+        reasons = _eager_only(q)
         if exl2 in SpecifierSet(r["broken_exllamav2"]):
             reasons.append(f"WRONG on exllamav2 {q.exllamav2}: {r['broken_reason']}")
         torch = q.facts.lib("torch")

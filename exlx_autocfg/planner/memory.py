@@ -233,7 +233,7 @@ def _load_extra(have: dict[str, int], node: ModuleNode) -> int:
 def module_costs(
     spec: ModelSpec, max_input_len: int = 2048, max_batch_size: int = 1, max_seq_len: int | None = None
 ) -> list[ModuleCost]:
-    """exllamav2's modules in its order (model.py L79-150): embedding (CPU), learned positions (GPT-2,
+    """exllamav2's modules in its order (model.py L78-156): embedding (CPU), learned positions (GPT-2,
     BigCode), per layer attention + MLP / MoE (or one parallel decoder), final norm, lm_head.
     `max_seq_len` (config.max_seq_len, default the model's) enters the GQA scratch and the learned position
     embedding, whose footprint exllamav2 takes from config.max_seq_len at construction (pos_embedding.py)."""

@@ -7,7 +7,7 @@ Exact (tested against the real wheel in tests/test_vision_exllamav2.py):
   weights_bytes         what the loaded tower holds: every tower tensor as fp16 (module.py load_weight
                         .half()), the Mistral 3 patch merger included (weight_footprint leaves it out)
   rope_bytes            the tower's own device context is built with the text model's archparams
-                        (device.py L58: `archparams or model.config.arch.lm`), so the first attention call
+                        (device.py L65: `archparams or model.config.arch.lm`), so the first attention call
                         builds a second copy of the text model's sin/cos tables on the tower's device
   device                the tower is loaded with load() / load_gen() and no gpu_split (TabbyAPI
                         backends/exllamav2/model.py @ exl2-checkpoint L619-625; exllamav2's examples):
