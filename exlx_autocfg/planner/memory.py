@@ -230,6 +230,33 @@ def _load_extra(have: dict[str, int], node: ModuleNode) -> int:
     return sum(have.get(f"{lin.key}.q_invperm", 0) for lin in node.linears)
 
 
+_STATIC: dict[int, tuple[ModelSpec, list[tuple[ModuleNode, int, int]]]] = {}
+
+
+def _static_costs(spec: ModelSpec) -> list[tuple[ModuleNode, int, int]]:
+    """(node, weight_footprint, load extra) per module: what does not depend on the chunk, the batch or the
+    context. Memoised per spec object (a 128-expert model has tens of thousands of linears, and the
+    planner asks for module costs at several chunk sizes)."""
+    hit = _STATIC.get(id(spec))
+    if hit is not None and hit[0] is spec:
+        return hit[1]
+    have, norm = spec.tensor_bytes, spec.hidden_size * 2
+    out = []
+    for node in lm_modules(spec):
+        if node.kind == "parallel_decoder":
+            attn, mlp = node.parts
+            weight = norm + node_weight(spec, attn, have, norm) + node_weight(spec, mlp, have, norm)
+        elif node.kind in ("attn", "mlp", "moe", "lm_head"):
+            weight = node_weight(spec, node, have, norm)
+        else:
+            weight = 0  # embedding, positions, norm: sized from the config below
+        out.append((node, weight, _load_extra(have, node)))
+    if len(_STATIC) > 64:
+        _STATIC.clear()
+    _STATIC[id(spec)] = (spec, out)
+    return out
+
+
 def module_costs(
     spec: ModelSpec, max_input_len: int = 2048, max_batch_size: int = 1, max_seq_len: int | None = None
 ) -> list[ModuleCost]:
@@ -242,38 +269,62 @@ def module_costs(
     seq = spec.max_position_embeddings if max_seq_len is None else max_seq_len
     rows = max_input_len * max_batch_size
     h = spec.hidden_size
-    have = spec.tensor_bytes
     costs: list[ModuleCost] = []
-    for node in lm_modules(spec):
-        load_extra = _load_extra(have, node)
+    for node, weight, load_extra in _static_costs(spec):
         if node.kind == "embedding":
             costs.append(ModuleCost(node.key, "embedding", None, spec.vocab_size * h * 2, 0, 0, on_cpu=True))
         elif node.kind == "pos_embedding":
             costs.append(ModuleCost(node.key, "pos_embedding", None, seq * h * 2, 0, 0))
         elif node.kind == "attn":
             fixed, scratch = attn_scratch(node, rows, seq, max_batch_size)
-            weight = node_weight(spec, node, have, h * 2)
-            costs.append(ModuleCost(f"{node.key}.self_attn", "attn", node.layer, weight, fixed, scratch,
-                                    load_extra_bytes=load_extra))
+            costs.append(
+                ModuleCost(
+                    f"{node.key}.self_attn",
+                    "attn",
+                    node.layer,
+                    weight,
+                    fixed,
+                    scratch,
+                    load_extra_bytes=load_extra,
+                )
+            )
         elif node.kind in ("mlp", "moe"):
-            scratch = (moe_scratch(node, rows, spec.num_experts or 0) if node.kind == "moe"
-                       else mlp_scratch(node, rows))
-            weight = node_weight(spec, node, have, h * 2)
-            costs.append(ModuleCost(f"{node.key}.mlp", node.kind, node.layer, weight, scratch, scratch,
-                                    load_extra_bytes=load_extra))
+            scratch = (
+                moe_scratch(node, rows, spec.num_experts or 0)
+                if node.kind == "moe"
+                else mlp_scratch(node, rows)
+            )
+            costs.append(
+                ModuleCost(
+                    f"{node.key}.mlp",
+                    node.kind,
+                    node.layer,
+                    weight,
+                    scratch,
+                    scratch,
+                    load_extra_bytes=load_extra,
+                )
+            )
         elif node.kind == "parallel_decoder":
             attn, mlp = node.parts
             a_fixed, a_scratch = attn_scratch(attn, rows, seq, max_batch_size)
             m_scratch = mlp_scratch(mlp, rows)
-            weight = h * 2 + node_weight(spec, attn, have, h * 2) + node_weight(spec, mlp, have, h * 2)
-            costs.append(ModuleCost(node.key, "parallel_decoder", node.layer, weight, max(a_fixed, m_scratch),
-                                    max(a_scratch, m_scratch), load_extra_bytes=load_extra))
+            costs.append(
+                ModuleCost(
+                    node.key,
+                    "parallel_decoder",
+                    node.layer,
+                    weight,
+                    max(a_fixed, m_scratch),
+                    max(a_scratch, m_scratch),
+                    load_extra_bytes=load_extra,
+                )
+            )
         elif node.kind == "norm":
             costs.append(ModuleCost(node.key, "norm", None, h * 2, 0, 0))
         else:  # lm_head: not a sub-module, so no temp_fwd: only its dequant buffer
             dq = temp_dq_bytes(node.linears[0])
-            costs.append(ModuleCost(node.key, "lm_head", None, node_weight(spec, node, have, h * 2), dq, dq,
-                                    load_extra_bytes=load_extra))
+            costs.append(ModuleCost(node.key, "lm_head", None, weight, dq, dq, load_extra_bytes=load_extra))
     return costs
 
 
