@@ -83,6 +83,8 @@ CODES: dict[str, str] = {
     "backend.forced.gpus_dropped": "a forced backend is invalid on some GPUs: planned without them",
     # ---------------------------------------------------------------------------- plan decisions
     "gpus.unused": "the model and its cache fit without some GPUs",
+    "backend.eager_only": "the architecture runs with eager attention only: exllamav2's "
+    "arch_compat_overrides turns off flash-attn, xformers and SDPA for it",
     "backend.forced": "the backend was forced by --backend and is valid here",
     "backend.highest_valid": "the highest-ranked valid backend in exllamav2's precedence",
     "switches.realise_backend": "the EXLLAMA_NO_* switches that make exllamav2 land on the chosen backend",
@@ -114,6 +116,9 @@ CODES: dict[str, str] = {
     "order and CUDA's device order",
     "plan.exl3_available": "every GPU runs ExLlamaV3 (EXL3), the maintained path",
     "plan.detect_problem": "a problem detect found on this machine",
+    "model.context_defaulted": "config.json names no context length: exllamav2's max_seq_len is its 2048 "
+    "default (Gemma 3's published files), pass --context",
+    "vision.not_planned": "the model has a vision tower the plan leaves out (plan --vision includes it)",
     "context.target_not_reached": "the requested context does not fit with the chosen cache",
     "context.beyond_trained": "the requested context is beyond the model's trained length: RoPE scaling "
     "would be needed",
@@ -199,6 +204,9 @@ CODES: dict[str, str] = {
     "tp.head_width": "hidden_size differs from heads x head_dim, which the TP kernels assume",
     "tp.qk_norm": "the model has per-head q/k norms, which the TP kernels skip (wrong output)",
     "tp.partial_rotary": "the model rotates part of each head; the TP kernels rotate all (wrong output)",
+    "tp.moe": "the model's MLPs are mixtures of experts, which exllamav2's load_tp leaves unsplit on one GPU",
+    "tp.post_norms": "the model has post-attention / post-MLP norms, which the TP kernels skip "
+    "(wrong output)",
     "tp.lora_ignored": "LoRA adapters are never applied by exllamav2's TP forward",
     "tp.attention.flash_attn_too_old": "the TP kernels need a newer flash-attn fwd_kvcache signature",
     "tp.attention.sdpa_defect": "without flash-attn, TP attention runs the SDPA branch that drops the causal "

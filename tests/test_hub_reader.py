@@ -6,6 +6,7 @@ computed here by hand from the files' bytes, and from the fake Hub's own count o
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import struct
 
@@ -57,7 +58,8 @@ def hand_fingerprint(directory):
 
 def identity(spec):
     """Everything of a spec but where it was read from."""
-    return {k: v for k, v in vars(spec).items() if k not in ("name", "path", "source", "hub", "hf_repo")}
+    where = ("name", "path", "source", "hub", "hf_repo")
+    return {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec) if f.name not in where}
 
 
 @pytest.mark.parametrize("which", ["single", "sharded"])

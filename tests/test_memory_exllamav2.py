@@ -1,8 +1,11 @@
-"""The memory model against the real exllamav2 0.3.2's own accounting (CPU torch, stand-in extension).
+"""The memory model against the real exllamav2 0.3.2's own accounting, for every architecture it recognises
+(CPU torch, stand-in extension).
 
-Sparse full-size model directories (tests/support/model_dirs.py) go through the real `ExLlamaV2Config`
-and `ExLlamaV2` (never loaded); caches are allocated lazily and then materialised on torch's `meta`
-device through the real `update_cache_tensors()` / `touch_device()`, so every byte is the wheel's.
+Sparse full-size model directories (tests/support/model_dirs.py, whose tensors come from the real wheel's
+module graph and converter, not from our code) go through the real `ExLlamaV2Config` and `ExLlamaV2`
+(never loaded); caches are allocated lazily and then materialised on torch's `meta` device through the real
+`update_cache_tensors()` / `touch_device()`, RoPE tables through the real `prepare_sincos`, so every byte
+compared is the wheel's.
 """
 
 from __future__ import annotations
@@ -10,26 +13,56 @@ from __future__ import annotations
 import pytest
 import torch
 
-from exlx_autocfg.exl2 import CACHE_MODES
+from exlx_autocfg.model.architectures import supported_architectures
 from exlx_autocfg.model.load import load_model_spec
 from exlx_autocfg.planner import memory
 from tests.support.model_dirs import make_model_dir
 from tests.support.standin import import_exllamav2
 
-ARCH_CASES = [
-    ("llama3-8b", "exl2"),  # GQA 4:1, 128k vocab (lm_head dq capped)
-    ("llama2-7b", "exl2"),  # MHA
-    ("nous-capybara-34b", "exl2"),  # Yi-34B GQA 7:1
-    ("qwen2.5-7b", "exl2"),  # q/k/v bias
-    ("gemma2-9b", "exl2"),  # softcap, alternating SWA, head_dim 256 != h/H, tied head, 4 norms/layer
-    ("phi3-mini", "exl2"),  # MHA, head_dim 96
-    ("phi3-mini", "fp16"),  # fused qkv/gate_up checkpoint: exllamav2 falls back to its assumed footprint
-    ("gemma2-9b", "fp16"),  # tied head read from embed_tokens, fp32 checkpoint
-    ("mixtral-8x7b", "exl2"),  # MoE
-    ("command-r-35b", "exl2"),  # parallel decoder, layernorm, tied head
-    ("tiny-qwen3", "exl2"),  # q/k head norms, tied head, head_dim 64 != h/H
-    ("tiny-granite", "fp16"),  # MQA-like (1 KV head: q_block 8), tied fp16 head
-]
+# One full-size model per architecture exllamav2 0.3.2 recognises (catalog or FIXTURE_CONFIGS), and what
+# each adds. Layer counts are the published ones except where the override says (a layer repeats).
+ARCHITECTURES: dict[str, tuple[str, dict]] = {
+    "LlamaForCausalLM": ("llama3-8b", {}),  # GQA 4:1, 128k vocab (lm_head dq capped)
+    "MistralForCausalLM": ("mistral-7b", {}),  # config sliding_window, no SWA layer
+    "MixtralForCausalLM": ("mixtral-8x7b", {}),  # MoE, block_sparse_moe
+    "LlavaForConditionalGeneration": ("pixtral-12b", {}),  # language_model. prefix, text_config
+    "Mistral3ForConditionalGeneration": ("mistral-small-3.1-24b", {}),  # prefix, text_config, 1e9 theta
+    "YiForCausalLM": ("yi-6b", {}),  # ln1/ln2 norm keys
+    "OrionForCausalLM": ("orion-14b", {}),  # LayerNorm (with bias tensors)
+    "Qwen2ForCausalLM": ("qwen2.5-7b", {}),  # q/k/v bias
+    "Qwen3ForCausalLM": ("qwen3-8b", {}),  # q/k head norms
+    "Qwen3MoeForCausalLM": ("qwen3-30b-a3b", {"num_hidden_layers": 4}),  # 128 experts, mlp.experts.N
+    "Qwen2VLForConditionalGeneration": ("qwen2-vl-7b", {}),  # M-RoPE, bias
+    "Qwen2_5_VLForConditionalGeneration": ("qwen2.5-vl-7b", {}),  # M-RoPE, vision tower
+    "GemmaForCausalLM": ("gemma-7b", {}),  # head_dim 256 != h/H, tied head
+    "Gemma2ForCausalLM": ("gemma2-9b", {}),  # softcap, alternating SWA, 4 norms/layer
+    "Gemma3ForConditionalGeneration": ("gemma3-27b", {}),  # defaults, SWA pattern 6, two RoPE tables
+    "Starcoder2ForCausalLM": ("starcoder2-15b", {}),  # LayerNorm, ungated MLP, biases, tied head
+    "GemmoeForCausalLM": ("gemmoe", {}),  # MoE on Gemma
+    "CohereForCausalLM": ("command-r-35b", {}),  # parallel decoder, tied head
+    "Cohere2ForCausalLM": ("command-a", {}),  # parallel decoder + SWA pattern 4
+    "DbrxForCausalLM": ("dbrx", {}),  # keymap, fused Wqkv, 16 experts, nested config keys
+    "Phi3ForCausalLM": ("phi3-mini", {}),  # MHA, head_dim 96
+    "GPTBigCodeForCausalLM": ("starcoder", {}),  # keymap, MQA, learned positions, no RoPE
+    "GPT2LMHeadModel": ("gpt2", {}),  # keymap, 4h MLP default, learned positions, vocab 50257
+    "MiniCPMForCausalLM": ("minicpm-2b", {}),  # tied head, odd vocab
+    "InternLM2ForCausalLM": ("internlm2-7b", {}),  # keymap, fused wqkv (alternate packing)
+    "IndexForCausalLM": ("index-1.9b", {}),  # vocab 65029
+    "GraniteForCausalLM": ("granite-3-8b", {}),  # multipliers, tied head
+    "Glm4ForCausalLM": ("glm4-32b-0414", {}),  # 4 norms, fused gate_up, GPT-J RoPE, partial rotary
+}
+# FP16 checkpoints where the layout differs: fused q/k/v or gate/up (exllamav2 falls back to its assumed
+# footprint for the parts), keymapped Hugging Face names, fused experts, an fp32 checkpoint.
+FP16 = [
+    "Phi3ForCausalLM", "Glm4ForCausalLM", "InternLM2ForCausalLM", "GPT2LMHeadModel", "GPTBigCodeForCausalLM",
+    "DbrxForCausalLM", "Gemma2ForCausalLM", "Qwen3MoeForCausalLM", "Mistral3ForConditionalGeneration",
+]  # fmt: skip
+CASES = [(a, "exl2") for a in ARCHITECTURES] + [(a, "fp16") for a in FP16]
+
+
+def test_every_recognised_architecture_is_covered():
+    assert sorted(ARCHITECTURES) == sorted(supported_architectures())
+    assert len(ARCHITECTURES) == 28
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +73,11 @@ def exl2():
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
-    return {case: make_model_dir(root, case[0], quant=case[1], bpw=4.0) for case in ARCH_CASES}
+    out = {}
+    for arch, quant in CASES:
+        model, overrides = ARCHITECTURES[arch]
+        out[(arch, quant)] = make_model_dir(root, model, quant=quant, bpw=4.0, **overrides)
+    return out
 
 
 def _real_model(exl2, directory, *, max_input_len=2048, max_batch_size=1, max_seq_len=None):
@@ -53,14 +90,24 @@ def _real_model(exl2, directory, *, max_input_len=2048, max_batch_size=1, max_se
 
 
 def _nbytes(tensors) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+    """Bytes of distinct storages (GPT-2's sin and cos are one tensor)."""
+    seen = {}
+    for t in tensors:
+        if t is not None:
+            seen[t.untyped_storage()._cdata] = t.untyped_storage().nbytes()
+    return sum(seen.values())
 
 
-@pytest.mark.parametrize("case", ARCH_CASES, ids=lambda c: f"{c[0]}-{c[1]}")
-@pytest.mark.parametrize(("max_input_len", "max_batch_size"), [(2048, 1), (512, 4)])
-def test_module_costs_match_exllamav2(exl2, dirs, case, max_input_len, max_batch_size):
+def _keys(model) -> list[str]:
+    """exllamav2 keys attention and MLP by their layer prefix; ours add the sub-module name."""
+    suffix = {"ExLlamaV2Attention": ".self_attn", "ExLlamaV2MLP": ".mlp", "ExLlamaV2MoEMLP": ".mlp"}
+    return [m.key + suffix.get(type(m).__name__, "") for m in model.modules]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}")
+@pytest.mark.parametrize(("max_input_len", "max_batch_size", "seq"), [(2048, 1, 16384), (512, 4, 3000)])
+def test_module_costs_match_exllamav2(exl2, dirs, case, max_input_len, max_batch_size, seq):
     spec = load_model_spec(dirs[case])
-    seq = 16384
     model = _real_model(
         exl2, dirs[case], max_input_len=max_input_len, max_batch_size=max_batch_size, max_seq_len=seq
     )
@@ -74,13 +121,13 @@ def test_module_costs_match_exllamav2(exl2, dirs, case, max_input_len, max_batch
     real_fixed = max(m.scratch_space_fixed() for m in model.modules)  # model.py load_autosplit_gen
     assert memory.fixed_scratch_bytes(ours) == real_fixed // 2 * 2
     assert ours[0].on_cpu and ours[0].kind == "embedding"
-    assert sum(c.has_cache for c in ours) == spec.num_hidden_layers
-
-
-def _keys(model) -> list[str]:
-    """exllamav2 keys attention and MLP by their layer prefix; ours add the sub-module name."""
-    suffix = {"ExLlamaV2Attention": ".self_attn", "ExLlamaV2MLP": ".mlp", "ExLlamaV2MoEMLP": ".mlp"}
-    return [m.key + suffix.get(type(m).__name__, "") for m in model.modules]
+    kv_modules = [
+        type(m).__name__ in ("ExLlamaV2Attention", "ExLlamaV2ParallelDecoder") for m in model.modules
+    ]
+    assert [c.has_cache for c in ours] == kv_modules and sum(kv_modules) == spec.num_hidden_layers
+    attns = [getattr(m, "attn", m) for m, kv in zip(model.modules, kv_modules, strict=True) if kv]
+    windows = [a.sliding_window for a in attns]
+    assert windows == [spec.sliding_window_of(i) for i in range(spec.num_hidden_layers)]
 
 
 CACHE_CLASSES = {
@@ -91,13 +138,12 @@ CACHE_CLASSES = {
 }
 
 
-@pytest.mark.parametrize("case", [ARCH_CASES[i] for i in (0, 1, 2, 4, 5, 8, 9, 11)], ids=lambda c: c[0])
-@pytest.mark.parametrize(
-    ("seq_len", "batch"), [(4096, 1), (32768, 1), (2001, 3)]
-)  # 2001: not a q_block multiple (MQA)
-def test_cache_bytes_match_exllamav2(exl2, dirs, case, seq_len, batch):
-    spec = load_model_spec(dirs[case])
-    model = _real_model(exl2, dirs[case])
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+@pytest.mark.parametrize(("seq_len", "batch"), [(4096, 1), (2001, 3)])  # 2001: not a q_block multiple
+def test_cache_bytes_match_exllamav2(exl2, dirs, arch, seq_len, batch):
+    directory = dirs[(arch, "exl2")]
+    spec = load_model_spec(directory)
+    model = _real_model(exl2, directory)
     layers = list(range(0, spec.num_hidden_layers, 3))  # a partial split: only these layers on the device
     for mode, cls_name in CACHE_CLASSES.items():
         cache = getattr(exl2, cls_name)(model, batch_size=batch, max_seq_len=seq_len, lazy=True)
@@ -109,44 +155,51 @@ def test_cache_bytes_match_exllamav2(exl2, dirs, case, seq_len, batch):
         assert staging == memory.kv_staging_bytes(spec, mode, seq_len, batch), mode
         if mode != "FP16":
             assert cache.q_block == memory.q_block(spec)
-    per_token = {m: memory.kv_cache_bytes_per_token(spec, m) for m in CACHE_MODES}
-    full_fp16 = memory.kv_cache_bytes(spec, "FP16", seq_len, batch)
-    assert full_fp16 == batch * seq_len * per_token["FP16"]
+        # bytes per token at batch 1, the figure `plan` prints for each mode
+        one = getattr(exl2, cls_name)(model, batch_size=1, max_seq_len=1, lazy=True)
+        model.cache_map = {i: "meta" for i in range(spec.num_hidden_layers)}
+        one.update_cache_tensors()
+        per_token = _nbytes(one.key_states + one.value_states + one.key_scales + one.value_scales)
+        per_token += _nbytes([t for pair in getattr(one, "temp_tensors", {}).values() for t in pair])
+        assert per_token == memory.kv_cache_bytes_per_token(spec, mode), mode
 
 
-def test_per_token_figures_quoted_by_turboderp(dirs):
+def test_per_token_figures_quoted_by_turboderp(tmp_path):
     # exllamav2#383: Yi-34B FP16 cache is 240 kB/token; #425: Phi-3-mini 384 kB FP16, 108 kB Q4 (+12 staging)
-    yi = load_model_spec(dirs[("nous-capybara-34b", "exl2")])
-    phi = load_model_spec(dirs[("phi3-mini", "exl2")])
+    yi = load_model_spec(make_model_dir(tmp_path, "nous-capybara-34b"))
+    phi = load_model_spec(make_model_dir(tmp_path, "phi3-mini"))
     assert memory.kv_cache_bytes(yi, "FP16", 1) == 240 * 1024
     assert memory.kv_cache_bytes(phi, "FP16", 1) == 384 * 1024
     assert memory.kv_cache_bytes(phi, "Q4", 1) == 108 * 1024
     assert memory.kv_staging_bytes(phi, "Q4", 1) == 12 * 1024
 
 
-@pytest.mark.parametrize("case", [ARCH_CASES[i] for i in (2, 4)], ids=lambda c: c[0])
+@pytest.mark.parametrize(
+    "arch", ["YiForCausalLM", "Gemma2ForCausalLM", "GPTBigCodeForCausalLM", "Qwen3MoeForCausalLM"]
+)
 @pytest.mark.parametrize("flash", [True, False])
 @pytest.mark.parametrize(("attn_size", "seq"), [(2048**2, 32768), (1024**2, 4096), (4096**2, 2048)])
-def test_temp_attn_size_matches_exllamav2(exl2, dirs, monkeypatch, case, flash, attn_size, seq):
+def test_temp_attn_size_matches_exllamav2(exl2, dirs, monkeypatch, arch, flash, attn_size, seq):
     import exllamav2.attn as attn_mod
 
     monkeypatch.setattr(attn_mod, "has_flash_attn", flash)
     monkeypatch.setattr(attn_mod, "has_xformers", False)
-    spec = load_model_spec(dirs[case])
-    model = _real_model(exl2, dirs[case], max_seq_len=seq)
+    spec = load_model_spec(dirs[(arch, "exl2")])
+    model = _real_model(exl2, dirs[(arch, "exl2")], max_seq_len=seq)
     model.config.max_attention_size = attn_size
     attn = next(m for m in model.modules if type(m).__name__ in ("ExLlamaV2Attention",))
     ours = memory.manual_split_attn_reserve_bytes(spec, attn_size, seq, flash_or_xformers=flash)
     assert ours == int(attn.temp_attn_size())
 
 
-@pytest.mark.parametrize("case", [ARCH_CASES[i] for i in (0, 4, 5, 9)], ids=lambda c: c[0])
-def test_rope_tables_match_exllamav2(exl2, dirs, case):
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_rope_tables_match_exllamav2(exl2, dirs, arch):
     from exllamav2.device import ExLlamaV2DeviceContext
 
-    spec = load_model_spec(dirs[case])
+    directory = dirs[(arch, "exl2")]
+    spec = load_model_spec(directory)
     seq = 3000
-    model = _real_model(exl2, dirs[case], max_seq_len=seq)
+    model = _real_model(exl2, directory, max_seq_len=seq)
     ctx = object.__new__(ExLlamaV2DeviceContext)  # skip __init__: it creates a CUDA stream
     ctx.model, ctx.device_idx, ctx.archparams = model, -1, model.config.arch.lm
     ctx.scratch_bytes = max(m.scratch_space_fixed() for m in model.modules)  # what load_autosplit passes
@@ -154,4 +207,5 @@ def test_rope_tables_match_exllamav2(exl2, dirs, case):
     with torch.inference_mode():
         ctx.prepare(True)  # the real sin/cos construction and scratch allocation, on the CPU
     assert _nbytes(ctx.sin + ctx.cos) == memory.rope_bytes(spec, seq)
+    assert len(ctx.sin) == memory.rope_tables(spec) or spec.rope_style == "none"
     assert _nbytes([ctx.scratch]) == memory.fixed_scratch_bytes(memory.module_costs(spec, max_seq_len=seq))

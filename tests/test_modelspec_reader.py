@@ -37,7 +37,7 @@ def test_explicit_head_dim_swa_and_softcap(tmp_path):
     assert spec.head_dim == 256 != spec.hidden_size // spec.num_attention_heads
     assert spec.uses_swa and spec.sliding_window == 4096
     assert (spec.attn_logit_softcapping, spec.final_logit_softcapping) == (50.0, 30.0)
-    assert spec.tie_word_embeddings
+    assert spec.head_alt_key == "model.embed_tokens" and not spec.tie_word_embeddings  # the arch ties it
     mistral = load_model_spec(make_model_dir(tmp_path, "mistral-7b"))
     assert mistral.sliding_window == 4096 and not mistral.uses_swa  # exllamav2 ignores Mistral's window
 
@@ -114,7 +114,7 @@ def test_directory_errors_name_the_file_and_the_problem(tmp_path):
     config.write_text('{"architectures": ["LlamaForCausalLM"], ')
     _expect(d, str(config), "not valid JSON")
     config.write_text(json.dumps({**json.loads(good), "architectures": ["MambaForCausalLM"]}))
-    _expect(d, "MambaForCausalLM is not supported by exllamav2 0.3.2")
+    _expect(d, "MambaForCausalLM is not one exllamav2 0.3.2 recognises", "as LlamaForCausalLM")
     cfg = json.loads(good)
     del cfg["hidden_size"]
     config.write_text(json.dumps(cfg))
@@ -124,9 +124,9 @@ def test_directory_errors_name_the_file_and_the_problem(tmp_path):
     config.write_text(json.dumps({**json.loads(good), "num_hidden_layers": -2}))
     _expect(d, "num_hidden_layers must be positive")
     config.write_text(json.dumps({**json.loads(good), "num_hidden_layers": 3}))
-    _expect(d, "model.layers.2.self_attn.q_proj missing")
+    _expect(d, "tensor model.layers.2.input_layernorm missing", "3 layers")
     config.write_text(json.dumps({**json.loads(good), "hidden_size": 512}))
-    _expect(d, "model.embed_tokens shape")
+    _expect(d, "model.embed_tokens.weight shape", "from config.json")
     config.write_text(good)
     (d / "output.safetensors").unlink()
     _expect(d, "no .safetensors files")

@@ -392,7 +392,7 @@ def test_supports_tp_is_architecture_pys(exl2, tmp_path):
         d = make_model_dir(tmp_path, model_id, bpw=4.0, name=arch, architectures=[arch])
         real = exl2.ExLlamaV2Config(str(d)).arch.lm.supports_tp
         spec = load_model_spec(d)
-        assert spec.rules.supports_tp is real, arch
+        assert spec.rules.lm.supports_tp is real, arch
         assert ("tp.architecture" in codes_of(_refusals(spec))) is (not real), arch
     assert set(arch_dirs) <= set(supported_architectures())
 
@@ -421,6 +421,36 @@ def test_tpcontext_refuses_what_we_refuse(exl2, tmp_path):
         TPContext(_model(exl2, odd), [24.0, 24.0])
     assert "tp.intermediate_size" in codes_of(_refusals(load_model_spec(odd)))
     assert not _refusals(load_model_spec(make_model_dir(tmp_path, "qwen2.5-7b", bpw=4.0)))
+
+
+def test_moe_and_post_norm_architectures_that_set_supports_tp_are_refused(exl2, tmp_path):
+    """Qwen3-MoE and GLM-4 set supports_tp in architecture.py, yet load_tp_gen never splits an
+    ExLlamaV2MoEMLP, and the TP forwards pass only the pre-layernorm to the kernels: GLM-4's post norms,
+    which the single-GPU forwards apply (or bake into the module's q handle), are skipped."""
+    from exllamav2.attn import ExLlamaV2Attention
+    from exllamav2.mlp import ExLlamaV2MLP
+    from exllamav2.model import ExLlamaV2
+
+    def names(fn):
+        return set(fn.__code__.co_names)
+
+    assert "ExLlamaV2MLP" in names(ExLlamaV2.load_tp_gen)
+    assert "ExLlamaV2MoEMLP" not in names(ExLlamaV2.load_tp_gen)
+    for cls, single, tp_fns in (
+        (ExLlamaV2Attention, ExLlamaV2Attention.forward_paged, ("forward_tp", "forward_paged_tp")),
+        (ExLlamaV2MLP, ExLlamaV2MLP.forward_torch, ("forward_tp",)),
+    ):
+        assert "post_layernorm" in names(single), cls
+        for fn in tp_fns:
+            assert "post_layernorm" not in names(getattr(cls, fn)), (cls, fn)
+
+    moe = make_model_dir(tmp_path, "qwen3-30b-a3b", bpw=4.0)
+    glm = make_model_dir(tmp_path, "glm4-32b-0414", bpw=4.0)
+    for d, code in ((moe, "tp.moe"), (glm, "tp.post_norms")):
+        assert exl2.ExLlamaV2Config(str(d)).arch.lm.supports_tp
+        assert code in codes_of(_refusals(load_model_spec(d))), d.name
+    attn = next(m for m in _model(exl2, glm).modules if isinstance(m, ExLlamaV2Attention))
+    assert attn.post_layernorm is not None  # the norm the TP kernels skip is really built
 
 
 def test_tp_split_refuses_unquantized_linears(exl2, tmp_path):

@@ -45,20 +45,38 @@ def catalog_config(model_id: str) -> dict[str, Any]:
     return json.loads(json.dumps(catalog()[model_id]["config"]))
 
 
+def catalog_preprocessor(model_id: str) -> dict[str, Any] | None:
+    """The preprocessor_config.json of a catalog model (as published), None for a text-only model."""
+    prep = catalog()[model_id].get("preprocessor")
+    return json.loads(json.dumps(prep)) if prep is not None else None
+
+
+def _torch_dtype(config: dict[str, Any]) -> str:
+    """torch_dtype of the checkpoint (top level, else text_config as in Gemma 3 / Mistral 3 configs)."""
+    dtype = config.get("torch_dtype") or (config.get("text_config") or {}).get("torch_dtype")
+    return dtype if isinstance(dtype, str) else "float16"
+
+
 @functools.cache
 def catalog_spec(model_id: str, bpw: float | None) -> ModelSpec:
     entry = catalog()[model_id]
     config = catalog_config(model_id)
-    fields = parse_config(config, where=f"catalog {model_id}")
+    preprocessor = catalog_preprocessor(model_id)
+    fields = parse_config(
+        config,
+        where=f"catalog {model_id} config",
+        preprocessor=preprocessor,
+        preprocessor_where=f"catalog {model_id} preprocessor",
+    )
     quant = "fp16" if bpw is None else "exl2"
     if bpw is not None:
         fields.update(quant_method="exl2", bits_per_weight=bpw, head_bits=DEFAULT_HEAD_BITS)
     probe = ModelSpec(name=model_id, path=None, source="catalog", **fields)
-    layout = checkpoint_tensors(
-        probe, probe.rules, quant=quant, bpw=bpw or 16.0, torch_dtype=config.get("torch_dtype", "float16")
-    )
+    layout = checkpoint_tensors(probe, quant=quant, bpw=bpw or 16.0, torch_dtype=_torch_dtype(config))
     tensors = tuple(TensorInfo(n, dt, shape, tensor_nbytes(dt, shape)) for n, dt, shape in layout)
-    canonical = json.dumps({"catalog": model_id, "config": config, "bpw": bpw}, sort_keys=True)
+    canonical = json.dumps(
+        {"catalog": model_id, "config": config, "preprocessor": preprocessor, "bpw": bpw}, sort_keys=True
+    )
     label = f"{model_id}@{bpw:g}bpw" if bpw is not None else f"{model_id}@fp16"
     return ModelSpec(
         name=label,

@@ -1,23 +1,37 @@
-"""Model directories: config.json and the safetensors headers (never the tensor data), checked the way
-exllamav2's `ExLlamaV2Config.prepare` / `check_keys` check them.
+"""Model directories: config.json, preprocessor_config.json (multimodal models) and the safetensors headers
+(never the tensor data), checked the way exllamav2 0.3.2's `ExLlamaV2Config.prepare` checks them: its keymap
+applied to every tensor name, its `check_keys` per architecture (config.py L446-490), plus what it does not
+check but would load wrongly (an expert count config.json and the tensors disagree on, a q_invperm whose rows
+disagree with config.json).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 from exlx_autocfg.errors import ModelSpecError
-from exlx_autocfg.model.config import parse_config, read_json_file
+from exlx_autocfg.model.architectures import ArchRules, arch_rules, remap_key
+from exlx_autocfg.model.config import parse_config, read_json_file, vision_model_type
+from exlx_autocfg.model.graph import lm_modules
 from exlx_autocfg.model.safetensors import SafetensorsHeader, read_header
 from exlx_autocfg.model.spec import ModelSpec, TensorInfo
+
+_SUFFIXES = (".q_weight", ".qweight", ".weight", "")  # check_keys, config.py L475
+_SWIGLU = (("mlp.swiglu.w12",), ("mlp.swiglu.w3",))  # architecture.py make_fused_mlp L959-966
+_LLAMA_MLP = (("mlp.down_proj",), ("mlp.gate_proj",), ("mlp.up_proj",))
 
 
 def load_directory(directory: Path) -> ModelSpec:
     config_path = directory / "config.json"
     raw_config, config = read_json_file(config_path)
+    prep_path = directory / PREPROCESSOR_FILE
+    raw_prep, preprocessor = b"", None
+    if needs_preprocessor(config):
+        raw_prep, preprocessor = read_json_file(prep_path, missing_ok=True)
     files = sorted(directory.glob("*.safetensors"))  # exllamav2 globs *.safetensors, ignoring the index
     if not files:
         raise ModelSpecError(f"{directory}: no .safetensors files")
@@ -36,7 +50,20 @@ def load_directory(directory: Path) -> ModelSpec:
         index=index,
         index_where=str(index_path),
         present={entry.name for entry in directory.iterdir()} if index is not None else None,
+        raw_preprocessor=raw_prep,
+        preprocessor=preprocessor,
+        preprocessor_where=str(prep_path),
     )
+
+
+PREPROCESSOR_FILE = "preprocessor_config.json"
+
+
+def needs_preprocessor(config: Any) -> bool:
+    """Whether exllamav2 would build a vision tower for this config.json, and so read
+    preprocessor_config.json (its image size and patch merging size the tower)."""
+    rules = arch_rules(config["architectures"][0]) if _one_arch(config) else None
+    return isinstance(config, dict) and bool(vision_model_type(config, rules))
 
 
 def spec_from_parts(
@@ -52,137 +79,173 @@ def spec_from_parts(
     index: Any = None,
     index_where: str = "model.safetensors.index.json",
     present: set[str] | None = None,
+    raw_preprocessor: bytes = b"",
+    preprocessor: Any = None,
+    preprocessor_where: str = PREPROCESSOR_FILE,
     **extra: Any,
 ) -> ModelSpec:
     """A ModelSpec from config.json's bytes and the safetensors headers (file name -> header), however they
     were read: a model directory and the same files on the Hub give the same tensors and fingerprint.
 
-    The fingerprint is sha256 over the config.json bytes, then for each file in name order its name, a NUL
-    and its raw header (8-byte length + JSON)."""
-    fields = parse_config(config, where=config_where)
+    The fingerprint is sha256 over the config.json bytes, then (for a model with a vision tower)
+    "preprocessor_config.json", a NUL and that file's bytes (none when it is absent), then for each
+    safetensors file in name order its name, a NUL and its raw header (8-byte length + JSON)."""
     digest = hashlib.sha256(raw_config)
+    if needs_preprocessor(config):
+        digest.update(PREPROCESSOR_FILE.encode() + b"\0" + raw_preprocessor)
+    fields = parse_config(
+        config, where=config_where, preprocessor=preprocessor, preprocessor_where=preprocessor_where
+    )
+    rules = arch_rules(fields["architecture"])
+    assert rules is not None  # parse_config refused anything else
     tensors: dict[str, TensorInfo] = {}
+    raw_names: dict[str, str] = {}  # the names as stored (the index lists those) -> file
     for file_name, header in sorted(headers, key=lambda item: item[0]):
         digest.update(file_name.encode() + b"\0" + header.header_bytes)
         for t in header.tensors.values():
-            if t.name in tensors:
-                raise ModelSpecError(f"{header.path}: tensor {t.name!r} also in {tensors[t.name].file}")
-            tensors[t.name] = TensorInfo(t.name, t.dtype, t.shape, t.nbytes, file_name)
+            tensor = remap_key(t.name, rules.keymap)  # stloader.py: exllamav2 sees only remapped names
+            if tensor in tensors:
+                also = f" (as {tensor!r})" if tensor != t.name else ""
+                raise ModelSpecError(
+                    f"{header.path}: tensor {t.name!r}{also} also in {tensors[tensor].file}"
+                )
+            tensors[tensor] = TensorInfo(tensor, t.dtype, t.shape, t.nbytes, file_name)
+            raw_names[t.name] = file_name
     if index is not None:
-        _check_index(index_where, index, tensors, where, present)
+        _check_index(index_where, index, raw_names, where, present)
+    fused_mlp = (
+        "model.layers.0.mlp.down_proj.weight" not in tensors
+        and "model.layers.0.mlp.swiglu.w12.weight" in tensors
+    )  # config.py L438-444 (without the language-model prefix, as exllamav2 looks)
     spec = ModelSpec(
         name=name,
         path=path,
         source=source,
         tensors=tuple(tensors.values()),
         fingerprint=digest.hexdigest(),
+        checkpoint_fused_mlp=fused_mlp,
         **fields,
         **extra,
     )
-    _check_tensors(spec, where)
+    check_keys(spec, rules, where)
+    _check_experts(spec, where)
+    _check_shapes(spec, where)
     return spec
 
 
-def _check_index(index_where: str, index: Any, tensors: dict[str, TensorInfo], where: str,
-                 present: set[str] | None) -> None:
+def _one_arch(config: object) -> bool:
+    if not isinstance(config, dict):
+        return False
+    archs = config.get("architectures")
+    return isinstance(archs, list) and len(archs) == 1 and isinstance(archs[0], str)
+
+
+def _check_index(
+    index_where: str, index: Any, raw_names: dict[str, str], where: str, present: set[str] | None
+) -> None:
     """model.safetensors.index.json, when present, must agree with the files exactly: every entry names a
     file that is there and holds that tensor, and every tensor the files hold is listed (Hugging Face
     loaders read the index, not the files: a tensor missing from it is a tensor they never load).
-    `present`: the names of every file beside the index (None: not known)."""
+    `raw_names`: tensor name as stored -> file; `present`: the names of every file beside the index
+    (None: not known)."""
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict):
         raise ModelSpecError(f"{index_where}: no weight_map object")
-    shards = {t.file for t in tensors.values()}
+    shards = set(raw_names.values())
     for name, file in weight_map.items():
         if not isinstance(file, str):
             raise ModelSpecError(f"{index_where}: maps {name!r} to {file!r}, which is not a file name")
-        info = tensors.get(name)
-        if info is not None and info.file == file:
+        held_in = raw_names.get(name)
+        if held_in == file:
             continue
         mapped = f"{index_where}: maps {name!r} to {file!r}"
         if file not in shards:
             if Path(file).name != file or (present is not None and file not in present):
                 raise ModelSpecError(f"{mapped}, which is missing from {where}")
             raise ModelSpecError(f"{mapped}, which is not one of its .safetensors files")
-        held = f" (it is in {info.file})" if info is not None else " (no file holds it)"
+        held = f" (it is in {held_in})" if held_in is not None else " (no file holds it)"
         raise ModelSpecError(f"{mapped}, which does not hold it{held}")
-    unlisted = [name for name in tensors if name not in weight_map]
+    unlisted = [name for name in raw_names if name not in weight_map]
     if unlisted:
         more = f" and {len(unlisted) - 1} more" if len(unlisted) > 1 else ""
         raise ModelSpecError(
-            f"{index_where}: lists {len(weight_map)} of the {len(tensors)} tensors the files hold "
+            f"{index_where}: lists {len(weight_map)} of the {len(raw_names)} tensors the files hold "
             f"(not listed: {unlisted[0]!r}{more})"
         )
 
 
-def _linear_keys(spec: ModelSpec, layer: int) -> list[tuple[str, str | None, int, int]]:
-    """(key, fused key, in_features, out_features) of the linears exllamav2 expects in one layer."""
-    rules, p = spec.rules, f"model.layers.{layer}"
-    h, d = spec.hidden_size, spec.head_dim
-    q_out, kv_out = spec.num_attention_heads * d, spec.num_key_value_heads * d
-    fq = f"{p}.{rules.fused_qkv}" if rules.fused_qkv else None
-    out = [
-        (f"{p}.self_attn.q_proj", fq, h, q_out),
-        (f"{p}.self_attn.k_proj", fq, h, kv_out),
-        (f"{p}.self_attn.v_proj", fq, h, kv_out),
-        (f"{p}.self_attn.o_proj", None, q_out, h),
-    ]
-    inter = spec.intermediate_size
-    if rules.moe:
-        for e in range(spec.num_experts or 0):
-            ep = f"{p}.block_sparse_moe.experts.{e}"
-            out += [(f"{ep}.w1", None, h, inter), (f"{ep}.w3", None, h, inter), (f"{ep}.w2", None, inter, h)]
-        return out
-    fm = f"{p}.{rules.fused_mlp}" if rules.fused_mlp else None
-    if rules.mlp_gate:
-        out.append((f"{p}.mlp.gate_proj", fm, h, inter))
-    out += [(f"{p}.mlp.up_proj", fm, h, inter), (f"{p}.mlp.down_proj", None, inter, h)]
-    return out
-
-
-def _check_tensors(spec: ModelSpec, directory: str) -> None:
-    """The keys exllamav2's `check_keys` demands, with shapes that agree with config.json."""
-    have = {t.name: t for t in spec.tensors}
-
-    def need(key: str, rows: int, cols: int, alt: str | None = None) -> None:
-        for k in (key, alt):
-            if k is None:
-                continue
-            if f"{k}.q_weight" in have:
-                invperm = have.get(f"{k}.q_invperm")
-                if invperm is None or invperm.shape != (rows,):
-                    raise ModelSpecError(
-                        f"{directory}: {k}.q_invperm shape "
-                        f"{invperm.shape if invperm else 'missing'} != ({rows},) from config.json"
-                    )
-                return
-            if f"{k}.qweight" in have:
-                return
-            w = have.get(f"{k}.weight")
-            if w is not None:
-                if k == key and len(w.shape) == 2 and w.shape[1] != rows and w.shape[0] != rows:
-                    raise ModelSpecError(
-                        f"{directory}: {k}.weight shape {list(w.shape)} does not match "
-                        f"in_features {rows} from config.json"
-                    )
-                return
-        raise ModelSpecError(
-            f"{directory}: tensor {key} missing (config.json says {spec.num_hidden_layers} "
-            f"layers of {spec.architecture})"
+def check_keys(spec: ModelSpec, rules: ArchRules, where: str) -> None:
+    """config.py check_keys for the language model (L446-488; the vision tower's and projector's key lists
+    are empty in 0.3.2): every expected key present as .q_weight, .qweight, .weight or bare, per layer for
+    each group of alternatives, per expert when config.json names more than one expert."""
+    lm = rules.lm
+    expect = [list(group) for group in lm.expect_keys]
+    if spec.tie_word_embeddings and ["lm_head"] in expect:  # architecture.py L946-951
+        expect.remove(["lm_head"])
+    layer_keys = list(lm.layer_keys)
+    if spec.checkpoint_fused_mlp:
+        layer_keys = [g for g in layer_keys if g not in _LLAMA_MLP] + list(_SWIGLU)
+    experts = spec.config_num_experts
+    if experts and experts != 1:
+        layer_keys = sorted(
+            {tuple(k.replace(".*.", f".{e}.") for k in group) for e in range(experts) for group in layer_keys}
         )
-
-    emb = have.get("model.embed_tokens.weight")
-    if emb is None:
-        raise ModelSpecError(f"{directory}: tensor model.embed_tokens missing")
-    if emb.shape != (spec.vocab_size, spec.hidden_size):
-        raise ModelSpecError(
-            f"{directory}: model.embed_tokens shape {list(emb.shape)} != "
-            f"[{spec.vocab_size}, {spec.hidden_size}] from config.json"
-        )
-    if "model.norm.weight" not in have:
-        raise ModelSpecError(f"{directory}: tensor model.norm missing")
     for layer in range(spec.num_hidden_layers):
-        for key, fused, rows, cols in _linear_keys(spec, layer):
-            need(key, rows, cols, fused)
-    if not spec.tie_word_embeddings and spec.rules.lm_head == "lm_head":
-        need("lm_head", spec.hidden_size, spec.vocab_size)
+        expect += [[f"model.layers.{layer}.{k}" for k in group] for group in layer_keys]
+    if rules.lm_prefix:
+        expect = [[rules.lm_prefix + k for k in group] for group in expect]
+    have = spec.tensor_bytes
+    for group in expect:
+        if not any(prefix + suffix in have for prefix in group for suffix in _SUFFIXES):
+            raise ModelSpecError(
+                f"{where}: tensor {group[-1]} missing (exllamav2 0.3.2 expects it for {spec.architecture} "
+                f"with {spec.num_hidden_layers} layers{_experts_note(spec)} per config.json)"
+            )
+
+
+def _experts_note(spec: ModelSpec) -> str:
+    return f" and {spec.config_num_experts} experts" if spec.config_num_experts else ""
+
+
+def _check_experts(spec: ModelSpec, where: str) -> None:
+    """An MoE checkpoint with more experts than config.json says loads silently with the extra ones ignored;
+    fewer fails check_keys. Either way config.json and the tensors disagree: say so with both numbers."""
+    if not spec.is_moe:
+        return
+    pattern = spec.lm_prefix + "model.layers.0" + spec.rules.lm.keys["mlp_gate"]
+    regex = re.compile(re.escape(pattern).replace(r"\*", r"(\d+)") + r"\.")
+    found = {int(m.group(1)) for name in spec.tensor_bytes if (m := regex.match(name))}
+    if not found:  # a fused-experts checkpoint (DBRX as published): one tensor for all experts
+        return
+    if len(found) != spec.num_experts or max(found) != len(found) - 1:
+        key = "num_local_experts" if spec.architecture != "Qwen3MoeForCausalLM" else "num_experts"
+        raise ModelSpecError(
+            f"{where}/config.json: {key} is {spec.num_experts} but layer 0 holds {len(found)} experts "
+            f"({pattern.replace('*', 'N')} for N in {min(found)}..{max(found)})"
+        )
+
+
+def _check_shapes(spec: ModelSpec, where: str) -> None:
+    """What config.json promises against what the headers hold: the embedding, and the input rows of every
+    EXL2 linear (q_invperm), which would otherwise fail only deep inside the CUDA kernels."""
+    have = {t.name: t for t in spec.tensors}
+    emb_key = spec.lm_prefix + "model.embed_tokens.weight"
+    emb = have.get(emb_key)
+    if (
+        emb is None
+        or len(emb.shape) != 2
+        or emb.shape[1] != spec.hidden_size
+        or emb.shape[0] < spec.vocab_size
+    ):
+        got = list(emb.shape) if emb is not None else "missing"
+        raise ModelSpecError(
+            f"{where}: {emb_key} shape {got} != [{spec.vocab_size}, {spec.hidden_size}] from config.json"
+        )
+    for node in lm_modules(spec):
+        for lin in node.linears:
+            invperm = have.get(f"{lin.key}.q_invperm")
+            if invperm is not None and invperm.shape != (lin.in_features,):
+                raise ModelSpecError(
+                    f"{where}: {lin.key}.q_invperm shape {list(invperm.shape)} != [{lin.in_features}] "
+                    "(in_features from config.json)"
+                )

@@ -32,7 +32,7 @@ from typing import Any
 
 from exlx_autocfg.errors import HubError, ModelSpecError, UsageError
 from exlx_autocfg.model.config import MAX_CONFIG_BYTES, parse_json_bytes
-from exlx_autocfg.model.directory import spec_from_parts
+from exlx_autocfg.model.directory import needs_preprocessor, spec_from_parts
 from exlx_autocfg.model.hub_cache import Listing, RepoCache, is_commit
 from exlx_autocfg.model.safetensors import SafetensorsHeader, header_length, parse_header_bytes
 from exlx_autocfg.model.spec import HubSource, ModelSpec
@@ -335,8 +335,10 @@ class HubReader:
             index = parse_json_bytes(self._small_file(repo, commit, INDEX_FILE, files, where, meter),
                                      f"{where}/{INDEX_FILE}")
             self._check_index_shards(where, index, files)
-        if isinstance(config, dict) and "vision_config" in config and VISION_FILE in files:
-            self._small_file(repo, commit, VISION_FILE, files, where, meter)
+        raw_prep, preprocessor = b"", None
+        if needs_preprocessor(config) and VISION_FILE in files:
+            raw_prep = self._small_file(repo, commit, VISION_FILE, files, where, meter)
+            preprocessor = parse_json_bytes(raw_prep, f"{where}/{VISION_FILE}")
         headers = []
         for i, name in enumerate(weights):
             self._tick(f"{where}: {name}", i, len(weights))
@@ -354,6 +356,9 @@ class HubReader:
             index=index,
             index_where=f"{where}/{INDEX_FILE}",
             present=set(files),
+            raw_preprocessor=raw_prep,
+            preprocessor=preprocessor,
+            preprocessor_where=f"{where}/{VISION_FILE}",
             hf_repo=repo,
         )
         source = HubSource(

@@ -1,7 +1,7 @@
-"""The tensors of a checkpoint, as exllamav2's EXL2 converter (or a Hugging Face FP16 export) lays them out.
-
-One function, `checkpoint_tensors`, serves both the catalog (a model planned before it is downloaded)
-and the test fixtures that write sparse model directories, so the two always agree byte for byte.
+"""The tensors of a checkpoint, as exllamav2's EXL2 converter (or a Hugging Face FP16 export) lays them out,
+for the catalog: models planned before they are downloaded. Walks the module graph (model/graph.py) the
+way `conversion/compile.py compile_model` walks `model.modules`, and appends the vision tower and projector
+the converter copies unchanged from the source (compile.py `extra_tensors`).
 
 EXL2 linear layer `x` with `rows` = in_features and `columns` = out_features, as
 `conversion/adaptivegptq.py` `AdaptiveGPTQ.pack` writes it (columns padded up to a multiple of 32):
@@ -12,7 +12,8 @@ EXL2 linear layer `x` with `rows` = in_features and `columns` = out_features, as
     x.q_weight     I32 [sum over groups of ceil(group_rows * bits / 32), columns + pad]
     x.bias         F16 [columns]                                     (only when the layer has one)
 Groups come from a QParams (group size per bit width, proportion of rows per bit width), split the way
-`AdaptiveGPTQ.configure` / `QParams.total_bits` split them.
+`AdaptiveGPTQ.configure` counts them and `AdaptiveGPTQ.quantize` / `pack` fill them (a group can be empty).
+The test fixtures do not use this module: they are built from exllamav2's own module graph and converter.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
 
-from exlx_autocfg.model.architectures import ArchRules
+from exlx_autocfg.model.graph import LinearNode, ModuleNode, lm_modules
+from exlx_autocfg.model.spec import ModelSpec
 
 DTYPE_BYTES = {
     "BOOL": 1,
@@ -94,20 +95,19 @@ def decoder_qparams(bpw: float) -> QParams:
 
 
 def _group_rows(rows: int, qp: QParams) -> Iterator[tuple[int, int]]:
-    """(bits, rows) per group, as AdaptiveGPTQ.configure splits `rows` and pack() walks them."""
+    """(bits, rows) per group: AdaptiveGPTQ.configure's group count per width, each group then taking
+    min(group size, rows left) rows as quantize() and pack() do (trailing groups may take none)."""
     remaining = rows
     counts = []
     for gsz, prop in zip(qp.group_size, qp.bits_prop, strict=True):
         groups = math.ceil(min(rows * prop, remaining) / gsz)
         remaining -= groups * gsz
         counts.append(groups)
-    if remaining > 0:  # rounding in the proportions: the last width takes the rest, as its ceil would
+    if remaining > 0:  # proportions that do not sum to 1: configure() would assert; give the rest to the last
         counts[-1] += math.ceil(remaining / qp.group_size[-1])
     left = rows
     for bits, gsz, groups in zip(qp.bits, qp.group_size, counts, strict=True):
         for _ in range(groups):
-            if left <= 0:
-                return
             take = min(gsz, left)
             yield bits, take
             left -= take
@@ -132,121 +132,191 @@ def exl2_linear_tensors(
     return out
 
 
-class ModelDims(Protocol):
-    architecture: str
-    num_hidden_layers: int
-    hidden_size: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    head_dim: int
-    intermediate_size: int
-    vocab_size: int
-    num_experts: int | None
-    tie_word_embeddings: bool
-
-
-def _linears(dims: ModelDims, rules: ArchRules, layer: int) -> Iterator[tuple[str, int, int, bool]]:
-    """(key, in_features, out_features, bias) of every linear of one decoder layer, in file order."""
-    h, d = dims.hidden_size, dims.head_dim
-    q_out, kv_out = dims.num_attention_heads * d, dims.num_key_value_heads * d
-    p = f"model.layers.{layer}"
-    b = rules.attention_bias_qkv
-    yield f"{p}.self_attn.q_proj", h, q_out, b
-    yield f"{p}.self_attn.k_proj", h, kv_out, b
-    yield f"{p}.self_attn.v_proj", h, kv_out, b
-    yield f"{p}.self_attn.o_proj", q_out, h, False
-    inter = dims.intermediate_size
-    if rules.moe:
-        for e in range(dims.num_experts or 0):
-            ep = f"{p}.block_sparse_moe.experts.{e}"
-            yield f"{ep}.w1", h, inter, False
-            yield f"{ep}.w3", h, inter, False
-            yield f"{ep}.w2", inter, h, False
-        return
-    if rules.mlp_gate:
-        yield f"{p}.mlp.gate_proj", h, inter, False
-    yield f"{p}.mlp.up_proj", h, inter, False
-    yield f"{p}.mlp.down_proj", inter, h, False
-
-
-def _norms(dims: ModelDims, rules: ArchRules, layer: int) -> list[str]:
-    p = f"model.layers.{layer}."
-    return [p + n for n in (*rules.attn_norms, *rules.mlp_norms)]
+def _fdt(quant: str, torch_dtype: str) -> str:
+    return "F16" if quant == "exl2" else TORCH_DTYPE_TO_ST.get(torch_dtype, "F16")
 
 
 def checkpoint_tensors(
-    dims: ModelDims,
-    rules: ArchRules,
+    spec: ModelSpec,
     *,
     quant: str = "exl2",
     bpw: float = 4.0,
     head_bits: int = DEFAULT_HEAD_BITS,
     torch_dtype: str = "float16",
 ) -> list[tuple[str, str, tuple[int, ...]]]:
-    """Every tensor of the checkpoint in file order: (name, safetensors dtype, shape).
+    """Every tensor of the checkpoint in file order: (name as exllamav2 sees it, safetensors dtype, shape).
 
-    quant="exl2": what exllamav2's converter writes (`conversion/compile.py`): the embedding and norms in
-    FP16, every linear quantized (decoder at `bpw`, the head at `head_bits`, also for tied-embedding models,
-    compile.py always writes `lm_head` through `get_q_module`), the MoE router gate in FP16.
-    quant="fp16": a Hugging Face export in `torch_dtype` (fused qkv/gate_up for Phi-3, no lm_head when tied).
+    quant="exl2": what compile.py writes: embeddings and norms in FP16 (head norms as the (heads, head_dim)
+    tensors headnorm.py expands them to), every linear quantized (decoder at `bpw`, the head at `head_bits`,
+    also for tied-embedding models: compile.py always writes lm_head), the MoE router gate in FP16, then the
+    vision tower and projector copied in the source dtype.
+    quant="fp16": a Hugging Face export in `torch_dtype` (fused q/k/v and gate/up where the architecture
+    stores them fused, no lm_head when the embeddings are tied).
     """
     if quant not in ("exl2", "fp16"):
         raise ValueError(f"unknown quant {quant!r}")
     if quant == "exl2" and head_bits not in HEAD_QPARAMS:
         raise ValueError(f"head_bits must be one of {sorted(HEAD_QPARAMS)}")
-    h, vocab = dims.hidden_size, dims.vocab_size
-    fdt = "F16" if quant == "exl2" else TORCH_DTYPE_TO_ST.get(torch_dtype, "F16")
+    fdt = _fdt(quant, torch_dtype)
     qp = decoder_qparams(bpw)
-    out: list[tuple[str, str, tuple[int, ...]]] = [("model.embed_tokens.weight", fdt, (vocab, h))]
+    h = spec.hidden_size
+    out: list[tuple[str, str, tuple[int, ...]]] = []
+    written_fused: set[str] = set()
 
-    for layer in range(dims.num_hidden_layers):
-        out += [(f"{n}.weight", fdt, (h,)) for n in _norms(dims, rules, layer)]
-        if rules.moe:
-            gate = f"model.layers.{layer}.block_sparse_moe.gate.weight"
-            out.append((gate, fdt, (dims.num_experts or 0, h)))
-        linears = list(_linears(dims, rules, layer))
+    def linear(lin: LinearNode, qparams: QParams) -> None:
         if quant == "exl2":
-            for key, rows, cols, bias in linears:
-                out += exl2_linear_tensors(key, rows, cols, qp, bias=bias)
-        else:
-            out += _fp16_linears(dims, rules, layer, linears, fdt)
-        if getattr(dims, "use_qk_norm", False):  # per-head RMSNorm weights (Qwen3), stored as [head_dim]
-            p = f"model.layers.{layer}.self_attn"
-            out += [
-                (f"{p}.q_norm.weight", fdt, (dims.head_dim,)),
-                (f"{p}.k_norm.weight", fdt, (dims.head_dim,)),
-            ]
+            out.extend(
+                exl2_linear_tensors(lin.key, lin.in_features, lin.out_features, qparams, bias=lin.bias)
+            )
+            return
+        if lin.fused_key is not None:
+            if lin.fused_key not in written_fused:
+                written_fused.add(lin.fused_key)
+                rows = _fused_rows(spec, lin.fused_key)
+                out.append((f"{lin.fused_key}.weight", fdt, (rows, lin.in_features)))
+                if lin.bias:
+                    out.append((f"{lin.fused_key}.bias", fdt, (rows,)))
+            return
+        out.append((f"{lin.key}.weight", fdt, (lin.out_features, lin.in_features)))
+        if lin.bias:
+            out.append((f"{lin.key}.bias", fdt, (lin.out_features,)))
 
-    out.append(("model.norm.weight", fdt, (h,)))
-    if quant == "exl2":
-        out += exl2_linear_tensors("lm_head", h, vocab, HEAD_QPARAMS[head_bits])
-    elif not (dims.tie_word_embeddings or rules.lm_head != "lm_head"):
-        out.append(("lm_head.weight", fdt, (vocab, h)))
+    def norms(node: ModuleNode) -> None:
+        out.extend((f"{n}.weight", fdt, (h,)) for n in node.norms)
+
+    def head_norms(node: ModuleNode) -> None:
+        for n, heads in zip(
+            node.head_norms, (spec.num_attention_heads, spec.num_key_value_heads), strict=False
+        ):
+            out.append((f"{n}.weight", fdt, (heads, spec.head_dim) if quant == "exl2" else (spec.head_dim,)))
+
+    for node in lm_modules(spec):
+        if node.kind == "embedding":
+            out.append((f"{node.key}.weight", fdt, (spec.vocab_size, h)))
+        elif node.kind == "pos_embedding":
+            out.append((f"{node.key}.weight", fdt, (spec.max_position_embeddings, h)))
+        elif node.kind in ("attn", "mlp"):
+            norms(node)
+            for lin in _compile_order(node):
+                linear(lin, qp)
+            head_norms(node)
+        elif node.kind == "moe":
+            norms(node)
+            gate, experts = node.linears[0], node.linears[1:]
+            out.append((f"{gate.key}.weight", fdt, (gate.out_features, gate.in_features)))
+            n = spec.num_experts or 0
+            for e in range(n):  # compile.py: w1, w3, w2 per expert
+                for lin in (experts[e], experts[2 * n + e], experts[n + e]):
+                    linear(lin, qp)
+        elif node.kind == "parallel_decoder":
+            norms(node)
+            attn, mlp = node.parts
+            for lin in attn.linears:
+                linear(lin, qp)
+            head_norms(node)
+            for lin in _compile_order(mlp):
+                linear(lin, qp)
+        elif node.kind == "norm":
+            norms(node)
+        else:  # lm_head
+            head = node.linears[0]
+            if quant == "exl2":
+                linear(head, HEAD_QPARAMS[head_bits])
+            elif ["lm_head"] in [list(g) for g in spec.rules.lm.expect_keys] and not spec.tie_word_embeddings:
+                out.append((f"{head.key}.weight", fdt, (spec.vocab_size, h)))
+    out += vision_checkpoint_tensors(spec, TORCH_DTYPE_TO_ST.get(torch_dtype, "BF16"))
     return out
 
 
-def _fp16_linears(
-    dims: ModelDims, rules: ArchRules, layer: int, linears: list[tuple[str, int, int, bool]], fdt: str
-) -> list[tuple[str, str, tuple[int, ...]]]:
+def _compile_order(node: ModuleNode) -> list[LinearNode]:
+    """compile.py: q, k, v, o for attention; gate, up, down for an MLP (the graph lists up, down, gate)."""
+    if node.kind == "attn":
+        return list(node.linears)
+    up, down, *gate = node.linears
+    return [*gate, up, down]
+
+
+def _fused_rows(spec: ModelSpec, fused_key: str) -> int:
+    ends = [
+        lin.fused_range[1]
+        for node in lm_modules(spec)
+        for part in (node, *node.parts)
+        for lin in part.linears
+        if lin.fused_key == fused_key and lin.fused_range
+    ]
+    return max(ends)
+
+
+def vision_checkpoint_tensors(spec: ModelSpec, dtype: str) -> list[tuple[str, str, tuple[int, ...]]]:
+    """The vision tower and projector as the published Hugging Face checkpoints store them (names as
+    exllamav2 sees them, after its keymap), which the EXL2 converter copies unchanged. Shapes from the
+    transformers modeling code of each tower: SigLIP (Gemma 3), Pixtral (+ the Mistral 3 patch merger),
+    Qwen2-VL / Qwen2.5-VL."""
+    v, arch = spec.vision, spec.rules.vision
+    if v is None or arch is None:
+        return []
+    vt, p, mp = arch.vt, arch.vt_prefix, arch.mmp_prefix
+    d, inter, n = v.hidden_size, v.intermediate_size, v.num_layers
     out: list[tuple[str, str, tuple[int, ...]]] = []
-    p = f"model.layers.{layer}"
-    fused = {}
-    if rules.fused_qkv:
-        qkv_out = (dims.num_attention_heads + 2 * dims.num_key_value_heads) * dims.head_dim
-        fused[f"{p}.self_attn.q_proj"] = (f"{p}.{rules.fused_qkv}", qkv_out)
-        fused[f"{p}.self_attn.k_proj"] = fused[f"{p}.self_attn.v_proj"] = None
-    if rules.fused_mlp:
-        fused[f"{p}.mlp.gate_proj"] = (f"{p}.{rules.fused_mlp}", 2 * dims.intermediate_size)
-        fused[f"{p}.mlp.up_proj"] = None
-    for key, rows, cols, bias in linears:
-        if key in fused:
-            target = fused[key]
-            if target is not None:
-                out.append((f"{target[0]}.weight", fdt, (target[1], rows)))
-            continue
-        out.append((f"{key}.weight", fdt, (cols, rows)))
+
+    def lin(key: str, o: int, i: int, bias: bool) -> None:
+        out.append((f"{key}.weight", dtype, (o, i)))
         if bias:
-            out.append((f"{key}.bias", fdt, (cols,)))
+            out.append((f"{key}.bias", dtype, (o,)))
+
+    def norm(key: str, width: int, bias: bool) -> None:
+        out.append((f"{key}.weight", dtype, (width,)))
+        if bias:
+            out.append((f"{key}.bias", dtype, (width,)))
+
+    kernel = (
+        (v.temporal_patch_size or 1, v.patch_size, v.patch_size) if vt.vision_conv3d else (v.patch_size,) * 2
+    )
+    conv = p + vt.keys["patch_conv"]
+    out.append((f"{conv}.weight", dtype, (d, v.num_channels, *kernel)))
+    if vt.patch_conv_bias:
+        out.append((f"{conv}.bias", dtype, (d,)))
+    if vt.vision_input_norm:
+        norm(p + vt.keys["ln_pre"], d, False)
+    if vt.learned_emb:
+        grid = (v.max_image_height // v.patch_size) * (v.max_image_width // v.patch_size)
+        out.append((f"{p}{vt.keys['position_embedding']}.weight", dtype, (grid, d)))
+    kv = v.num_key_value_heads * v.head_dim
+    q = v.num_attention_heads * v.head_dim
+    layernorm_bias = vt.norm == "layernorm"
+    for layer in range(n):
+        key = f"{p}{vt.keys['layers']}.{layer}"
+        norm(key + vt.keys["norm_1"], d, layernorm_bias)
+        if vt.keys.get("fused_qkv"):
+            lin(key + vt.keys["fused_qkv"], q + 2 * kv, d, vt.attention_bias_qkv)
+        else:
+            for name, width in (("attn_q", q), ("attn_k", kv), ("attn_v", kv)):
+                lin(key + vt.keys[name], width, d, vt.attention_bias_qkv)
+        lin(key + vt.keys["attn_o"], d, q, vt.attention_bias_o)
+        norm(key + vt.keys["norm_2"], d, layernorm_bias)
+        if vt.mlp_gate:
+            lin(key + vt.keys["mlp_gate"], inter, d, vt.mlp_bias)
+        lin(key + vt.keys["mlp_up"], inter, d, vt.mlp_bias)
+        lin(key + vt.keys["mlp_down"], d, inter, vt.mlp_bias)
+    if vt.output_norm:
+        norm(p + vt.keys["output_norm"], d, True)
+    mmp = arch.mmp
+    if not vt.mlp_merger:  # Gemma 3: RMSNorm + a (vision hidden, text hidden) projection parameter
+        norm(mp + mmp.keys["input_projection_norm"], d, False)
+        out.append((f"{mp}{mmp.keys['input_projection']}.weight", dtype, (d, spec.hidden_size)))
+        return out
+    bias = bool(v.multimodal_projector_bias) if arch.mmp_bias_from_config else mmp.mlp_bias
+    merge = v.spatial_merge_size**2
+    if v.model_type in ("qwen2", "qwen2.5"):  # Qwen2VL PatchMerger: ln_q, mlp.0 (d*m -> d*m), mlp.2
+        norm(mp + mmp.keys["norm_2"], d, mmp.norm == "layernorm" and v.model_type == "qwen2")
+        lin(mp + mmp.keys["mlp_up"], d * merge, d * merge, True)
+        lin(mp + mmp.keys["mlp_down"], spec.hidden_size, d * merge, True)
+        return out
+    if mmp.keys.get("norm_2"):  # Mistral 3: RMSNorm + patch merger (d * merge -> d) before the projector
+        norm(mp + mmp.keys["norm_2"], d, False)
+        out.append((f"{mp}{mmp.keys['patch_merger']}.weight", dtype, (d, d * merge)))
+    lin(mp + mmp.keys["mlp_up"], spec.hidden_size, d, bias)
+    lin(mp + mmp.keys["mlp_down"], spec.hidden_size, spec.hidden_size, bias)
     return out
 
 

@@ -12,6 +12,7 @@ from functools import cached_property
 from typing import Any
 
 from exlx_autocfg.model.architectures import ArchRules, arch_rules
+from exlx_autocfg.model.vision import VisionSpec
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,19 @@ class ModelSpec:
     head_bits: int | None
     use_qk_norm: bool = False
     partial_rotary_factor: float = 1.0
+    norm_eps: float | None = None
+    # config.json names no context length (Gemma 3's published files): exllamav2's max_seq_len is then its
+    # 2048 default (config.py L369-375), far below what the model was trained for; say so, ask for --context
+    max_seq_len_defaulted: bool = False
+    sliding_window_pattern: int = 1  # config sliding_window_pattern (Gemma 3: every 6th layer is global)
+    rope_theta_alt: float | None = None  # a second RoPE base for the sliding layers (Gemma 3): a second table
+    attention_bias_qkv: bool = False  # after architecture.py's config.json overrides (L920, L937-944)
+    attention_bias_o: bool = False
+    mlp_bias: bool = False
+    config_num_experts: int | None = None  # config num_local_experts / num_experts, whatever the architecture
+    mrope_section: tuple[int, ...] | None = None  # Qwen2-VL M-RoPE (rope_scaling type mrope)
+    vision: VisionSpec | None = None  # the vision tower config.json + preprocessor_config.json describe
+    checkpoint_fused_mlp: bool = False  # mlp.swiglu.w12 checkpoints (config.py L438-444)
     tensors: tuple[TensorInfo, ...] = ()
     fingerprint: str | None = None
     catalog_id: str | None = None
@@ -102,6 +116,50 @@ class ModelSpec:
         rules = arch_rules(self.architecture)
         assert rules is not None  # load_model_spec refuses unknown architectures
         return rules
+
+    @property
+    def lm_prefix(self) -> str:
+        return self.rules.lm_prefix
+
+    @property
+    def head_alt_key(self) -> str | None:
+        """Where the head falls back to when `lm_head` has no tensor: the architecture's keys["lm_head"], or
+        model.embed_tokens when config.json ties the embeddings (architecture.py L946-951, model.py
+        L152-153)."""
+        key = "model.embed_tokens" if self.tie_word_embeddings else self.rules.lm.key("lm_head")
+        return None if key in (None, "lm_head") else key
+
+    @property
+    def eager_only(self) -> bool:
+        """arch_compat_overrides disables flash-attn, xformers and SDPA (none of the 28 in 0.3.2 is)."""
+        return self.rules.lm.eager_attn_only
+
+    @property
+    def swa_arch(self) -> bool:
+        """The architecture gives layers a sliding window: arch_compat_overrides then turns off xformers and
+        needs a windowed flash-attn, whatever config.json's sliding_window is (config.py L650, L666)."""
+        return self.rules.uses_swa
+
+    @property
+    def mrope(self) -> bool:
+        return self.rules.lm.mrope
+
+    @property
+    def is_moe(self) -> bool:
+        return self.rules.lm.is_moe
+
+    @property
+    def rope_style(self) -> str:
+        return self.rules.lm.rope_style
+
+    def sliding_window_of(self, layer: int) -> int:
+        """The window model.py L111-120 gives `layer` (0: full attention)."""
+        lm = self.rules.lm
+        if lm.alternating_swa:
+            if self.sliding_window_pattern > 1:
+                return self.sliding_window if (layer + 1) % self.sliding_window_pattern != 0 else 0
+            return self.sliding_window if not layer % 2 else 0
+        return self.sliding_window if lm.swa else 0
 
     @property
     def num_key_value_groups(self) -> int:

@@ -56,6 +56,7 @@ class BackendQuery:
     exllamav2: str  # version string
     softcap: bool = False  # the model needs attention logit softcapping
     sliding_window: bool = False  # the model needs sliding-window attention (exllamav2 swa/alternating_swa)
+    eager_only: bool = False  # the architecture is eager-only (ModelSpec.eager_only; none in 0.3.2)
 
     @property
     def needs(self) -> tuple[str, ...]:
@@ -110,7 +111,21 @@ def _details(q: BackendQuery, package: str) -> dict[str, Any]:
     return {**derived, **{k: v for k, v in lib.details.items() if v is not None}}
 
 
+def _eager_only(q: BackendQuery) -> list[str]:
+    """arch_compat_overrides (config.py L640-647): an eager-only architecture gets no flash-attn, xformers
+    or SDPA (profiles/backends.toml [model_features.eager_only])."""
+    return [rules()["model_features"]["eager_only"]["reason"]] if q.eager_only else []
+
+
 # ------------------------------------------------------------------------------------------------ backends
+
+
+def _eager_only(q: BackendQuery) -> list[Finding]:
+    """arch_compat_overrides (config.py L640-647): an eager-only architecture gets no flash-attn, xformers
+    or SDPA (profiles/backends.toml [model_features.eager_only])."""
+    if not q.eager_only:
+        return []
+    return [finding("backend.eager_only", rules()["model_features"]["eager_only"]["reason"])]
 
 
 class FlashAttn:
@@ -120,7 +135,7 @@ class FlashAttn:
     def validate(q: BackendQuery) -> list[Finding]:
         r = rules()["flash_attn"]
         # The hardware reason first: it holds whatever gets installed, so it is the one users need.
-        out: list[Finding] = []
+        out: list[Finding] = _eager_only(q)
         if q.rocm:
             out.append(
                 finding(
@@ -201,7 +216,7 @@ class Xformers:
                 )
             ]
         # What the model needs first: no xformers release can serve it.
-        out = [
+        out = _eager_only(q) + [
             finding(
                 "backend.xformers.ignores_feature",
                 f"the model needs {_feature(need)}, which the xformers path ignores",
@@ -338,7 +353,7 @@ class Sdpa:
                     since=r["min_exllamav2"],
                 )
             ]
-        out = []
+        out = _eager_only(q)
         if in_specifier(q.exllamav2, r["broken_exllamav2"]):
             out.append(
                 finding(

@@ -18,6 +18,7 @@ from typing import Any
 
 from exlx_autocfg.data import load_data
 from exlx_autocfg.findings import Finding, finding
+from exlx_autocfg.model.graph import lm_modules
 from exlx_autocfg.model.lora import LoraAdapter
 from exlx_autocfg.model.spec import ModelSpec
 
@@ -36,36 +37,21 @@ class Linear:
 
 
 def lora_targets(spec: ModelSpec) -> dict[str, Linear]:
-    """The linears exllamav2 builds for `spec`, keyed as in its modules_dict (what a LoRA key must name)."""
-    h, d = spec.hidden_size, spec.head_dim
-    q_out, kv_out, inter = spec.num_attention_heads * d, spec.num_key_value_heads * d, spec.intermediate_size
-    r = spec.rules
+    """The linears exllamav2 builds in the decoder layers of `spec` (model/graph.py, the module graph of
+    model.py), keyed as in its modules_dict: what a LoRA key must name."""
     out: dict[str, Linear] = {}
-    for layer in range(spec.num_hidden_layers):
-        p = f"model.layers.{layer}"
-        dims = [
-            ("self_attn.q_proj", h, q_out),
-            ("self_attn.k_proj", h, kv_out),
-            ("self_attn.v_proj", h, kv_out),
-            ("self_attn.o_proj", q_out, h),
-        ]
-        if r.moe:
-            for e in range(spec.num_experts or 0):
-                ep = f"block_sparse_moe.experts.{e}"
-                dims += [(f"{ep}.w1", h, inter), (f"{ep}.w3", h, inter), (f"{ep}.w2", inter, h)]
-            dims.append(("block_sparse_moe.gate", h, spec.num_experts or 0))
-        else:
-            if r.mlp_gate:
-                dims.append(("mlp.gate_proj", h, inter))
-            dims += [("mlp.up_proj", h, inter), ("mlp.down_proj", inter, h)]
-        for name, i, o in dims:
-            out[f"{p}.{name}"] = Linear(f"{p}.{name}", layer, i, o)
+    for node in lm_modules(spec):
+        if node.layer is None:
+            continue
+        for module in (node, *node.parts):
+            for lin in module.linears:
+                out[lin.key] = Linear(lin.key, node.layer, lin.in_features, lin.out_features)
     return out
 
 
 def head_key(spec: ModelSpec) -> str:
     """The key ExLlamaV2Lora matches a head replacement against (arch.lm.keys['lm_head'])."""
-    tied = spec.rules.lm_head != "lm_head" or spec.tie_word_embeddings
+    tied = spec.rules.lm.key("lm_head") != "lm_head" or spec.tie_word_embeddings
     return "model.embed_tokens" if tied else "lm_head"
 
 
@@ -185,7 +171,7 @@ def plan_lora(adapter: LoraAdapter, spec: ModelSpec, *, scale: float = 1.0) -> L
         refuse(
             "lora.dora", "DoRA adapters (use_dora) cannot be loaded by exllamav2", source=rf["dora_source"]
         )
-    if spec.rules.residual_fp32:
+    if spec.rules.lm.residual_stream_fp32:
         refuse(
             "lora.fp32_residual",
             f"exllamav2 has no LoRA support for {spec.architecture} (fp32 residual stream)",

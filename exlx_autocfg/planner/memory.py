@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from exlx_autocfg import exl2
+from exlx_autocfg.model.graph import LinearNode, ModuleNode, lm_modules
 from exlx_autocfg.model.spec import ModelSpec
 
 MiB = 1024**2
@@ -113,7 +114,8 @@ def q_block(spec: ModelSpec) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
-# Modules: weights and scratch (model.py, attn.py, mlp.py, moe_mlp.py, linear.py, module.py)
+# Modules: weights and scratch (model.py, attn.py, mlp.py, moe_mlp.py, parallel_decoder.py, linear.py,
+# module.py), over the module graph of model/graph.py
 # --------------------------------------------------------------------------------------------------
 
 
@@ -122,7 +124,7 @@ class ModuleCost:
     """One entry of exllamav2's `model.modules`, with its own accounting."""
 
     key: str
-    kind: str  # embedding | attn | mlp | moe | parallel_decoder | norm | lm_head
+    kind: str  # embedding | pos_embedding | attn | mlp | moe | parallel_decoder | norm | lm_head
     layer: int | None
     weight_bytes: int  # weight_footprint()
     scratch_fixed_bytes: int  # scratch_space_fixed(): sizes the per-device scratch tensor
@@ -142,165 +144,169 @@ def _pad32(n: int) -> int:
     return n + (-n % 32)
 
 
-def _dq(rows: int, cols: int, *, pad32: bool = True) -> int:
-    """linear.py temp_dq_size: 2 * min(in * padded out, max_dq_size)."""
-    return 2 * min(rows * (_pad32(cols) if pad32 else cols), MAX_DQ_SIZE)
+_EXL2_PARTS = ("q_weight", "q_invperm", "q_scale", "q_scale_max", "q_groups", "q_perm", "bias")
+_GPTQ_PARTS = ("qweight", "qzeros", "scales", "g_idx", "bias")
 
 
-def _linear_footprint(
-    spec: ModelSpec, keys: tuple[str, ...], rows: int, cols: int, *, pad32: bool = True
-) -> int:
-    """module.py weight_footprint(): bytes of the stored tensors, else linear.py's assumed footprint."""
-    have = spec.tensor_bytes
-    for key in keys:
+def linear_footprint(have: dict[str, int], lin: LinearNode, alt_key: str | None = None) -> int:
+    """module.py weight_footprint() of one linear: the stored bytes of its key (then alt_key) as EXL2, GPTQ
+    or a plain weight (+ bias); without any, linear.py's assumed in * padded_out * 2 + 128 (which is what a
+    fused q/k/v or gate/up checkpoint gets: its parts have no tensor of their own)."""
+    for key in (lin.key, alt_key) if alt_key else (lin.key,):
         if f"{key}.q_weight" in have:
-            names = ("q_weight", "q_invperm", "q_scale", "q_scale_max", "q_groups", "q_perm", "bias")
+            parts = _EXL2_PARTS
         elif f"{key}.qweight" in have:
-            names = ("qweight", "qzeros", "scales", "g_idx", "bias")
+            parts = _GPTQ_PARTS
         elif f"{key}.weight" in have:
-            names = ("weight", "bias")
+            parts = ("weight", "bias")
         else:
             continue
-        return sum(have.get(f"{key}.{n}", 0) for n in names)
-    return rows * (_pad32(cols) if pad32 else cols) * 2 + 128
+        return sum(have.get(f"{key}.{p}", 0) for p in parts)
+    return lin.in_features * lin.padded_out * 2 + 128
 
 
-def _attn(
-    spec: ModelSpec, layer: int, rows: int, max_seq_len: int, batch: int, *, norms: bool
-) -> tuple[int, int, int]:
-    """(weight, scratch_fixed, scratch) of ExLlamaV2Attention."""
-    h, d, heads, kvh = spec.hidden_size, spec.head_dim, spec.num_attention_heads, spec.num_key_value_heads
-    p, r = f"model.layers.{layer}", spec.rules
-    q_out, kv_out = heads * d, kvh * d
-    weight = (
-        _linear_footprint(spec, (f"{p}.self_attn.q_proj",), h, q_out)
-        + _linear_footprint(spec, (f"{p}.self_attn.k_proj",), h, kv_out)
-        + _linear_footprint(spec, (f"{p}.self_attn.v_proj",), h, kv_out)
-        + _linear_footprint(spec, (f"{p}.self_attn.o_proj",), q_out, h)
-    )
-    if norms:
-        weight += len(r.attn_norms) * h * 2  # RMSNorm/LayerNorm weight_footprint() = hidden_size * 2
-    if spec.use_qk_norm:
-        weight += 2 * h * 2  # headnorm.py weight_footprint() = hidden_size * 2 (q_norm and k_norm)
-    state = rows * max(q_out, h) * 2 + 128
-    dq = max(_dq(h, q_out), _dq(h, kv_out), _dq(q_out, h))
+def temp_dq_bytes(lin: LinearNode) -> int:
+    """linear.py temp_dq_size: 2 * min(in * padded out, max_dq_size)."""
+    return 2 * min(lin.in_features * lin.padded_out, MAX_DQ_SIZE)
+
+
+def attn_scratch(node: ModuleNode, rows: int, max_seq_len: int, batch: int) -> tuple[int, int]:
+    """attn.py scratch_space_fixed / scratch_space (L370-424) -> (fixed, scratch)."""
+    q_out, kv_out = node.heads * node.head_dim, node.kv_heads * node.head_dim
+    state = rows * max(q_out, node.hidden) * 2 + 128
+    dq = max(temp_dq_bytes(lin) for lin in node.linears)
     temp_q = rows * q_out * 2 + 128
     temp_kv_proj = 2 * (rows * kv_out * 2 + 128)
-    temp_kv = 0 if kvh == heads else 2 * max_seq_len * batch * q_out * 2 + 128
-    return weight, state + dq, state + temp_q + temp_kv_proj + dq + temp_kv
+    temp_kv = 0 if node.kv_heads == node.heads else 2 * max_seq_len * batch * q_out * 2 + 128
+    return state + dq, state + temp_q + temp_kv_proj + dq + temp_kv
 
 
-def _mlp(spec: ModelSpec, layer: int, rows: int, *, norms: bool) -> tuple[int, int]:
-    """(weight, scratch_fixed == scratch) of ExLlamaV2MLP."""
-    h, inter, p, r = spec.hidden_size, spec.intermediate_size, f"model.layers.{layer}", spec.rules
-    weight = _linear_footprint(spec, (f"{p}.mlp.up_proj",), h, inter) + _linear_footprint(
-        spec, (f"{p}.mlp.down_proj",), inter, h
-    )
-    dq = max(_dq(h, inter), _dq(inter, h))
-    if r.mlp_gate:
-        weight += _linear_footprint(spec, (f"{p}.mlp.gate_proj",), h, inter)
-        dq = max(dq, _dq(h, inter))
-    if norms:
-        weight += len(r.mlp_norms) * h * 2
-    state = rows * h * 2 + 128
-    temp_ab = 2 * (rows * max(h, inter) * 2 + 128)
-    return weight, state + temp_ab + dq
+def mlp_scratch(node: ModuleNode, rows: int) -> int:
+    """mlp.py scratch_space (L258-300): state + temp_a + temp_b + the largest dequant buffer."""
+    widest = max(node.in_features, node.interm_features, node.out_features)
+    state = rows * node.out_features * 2 + 128
+    return state + 2 * (rows * widest * 2 + 128) + max(temp_dq_bytes(lin) for lin in node.linears)
 
 
-def _moe(spec: ModelSpec, layer: int, rows: int) -> tuple[int, int]:
-    """(weight, scratch_fixed == scratch) of ExLlamaV2MoEMLP."""
-    h, inter, experts = spec.hidden_size, spec.intermediate_size, spec.num_experts or 0
-    p = f"model.layers.{layer}.block_sparse_moe"
-    weight = h * 2 + _linear_footprint(spec, (f"{p}.gate",), h, experts, pad32=False)
-    for e in range(experts):
-        weight += _linear_footprint(spec, (f"{p}.experts.{e}.w1",), h, inter)
-        weight += _linear_footprint(spec, (f"{p}.experts.{e}.w2",), inter, h)
-        weight += _linear_footprint(spec, (f"{p}.experts.{e}.w3",), h, inter)
-    scratch = 2 * (rows * h * 2 + 128) + 2 * (rows * inter * 2 + 128) + (rows * experts * 2 + 128)
-    scratch += max(_dq(h, inter), _dq(inter, h))
-    return weight, scratch
+def moe_scratch(node: ModuleNode, rows: int, experts: int) -> int:
+    """moe_mlp.py scratch_space (L158-208); its dequant buffer is sized from expert 0's w1/w2/w3."""
+    h, inter = node.hidden, node.interm_features
+    w1, w2, w3 = node.linears[1], node.linears[1 + experts], node.linears[1 + 2 * experts]
+    dq = max(temp_dq_bytes(w1), temp_dq_bytes(w2), temp_dq_bytes(w3))
+    return 2 * (rows * h * 2 + 128) + 2 * (rows * inter * 2 + 128) + (rows * experts * 2 + 128) + dq
 
 
-def _exl2_resident_extra(spec: ModelSpec) -> dict[str, int]:
-    """Per module prefix ("model.layers.3.self_attn", "lm_head"): the bytes make_q_matrix adds on the GPU
-    over the file, 4 per input row of each EXL2 linear, i.e. the size of its stored int32 q_invperm."""
-    out: dict[str, int] = {}
-    for name, nbytes in spec.tensor_bytes.items():
-        if name.endswith(".q_invperm"):
-            prefix = ".".join(name.split(".")[:4]) if name.startswith("model.layers.") else name.split(".")[0]
-            out[prefix] = out.get(prefix, 0) + nbytes
+def node_weight(spec: ModelSpec, node: ModuleNode, have: dict[str, int], norm_bytes: int) -> int:
+    """weight_footprint() of a module: its linears, plus hidden_size * 2 per norm and per head norm
+    (rmsnorm.py / layernorm.py / headnorm.py count config.hidden_size * 2, whatever their tensors hold)."""
+    norms = (len(node.norms) + len(node.head_norms)) * norm_bytes
+    if node.kind == "mlp" and spec.checkpoint_fused_mlp:  # mlp.py L241-243
+        fused = 2 * node.in_features * node.interm_features * 2
+        return fused + node.interm_features * node.out_features * 2 + norms
+    return sum(linear_footprint(have, lin, node.alt_key) for lin in node.linears) + norms
+
+
+def _load_extra(have: dict[str, int], node: ModuleNode) -> int:
+    """The bytes make_q_matrix adds on the GPU over the file: 4 per input row of each EXL2 linear, i.e. the
+    size of its stored int32 q_invperm."""
+    return sum(have.get(f"{lin.key}.q_invperm", 0) for lin in node.linears)
+
+
+_STATIC: dict[int, tuple[ModelSpec, list[tuple[ModuleNode, int, int]]]] = {}
+
+
+def _static_costs(spec: ModelSpec) -> list[tuple[ModuleNode, int, int]]:
+    """(node, weight_footprint, load extra) per module: what does not depend on the chunk, the batch or the
+    context. Memoised per spec object (a 128-expert model has tens of thousands of linears, and the
+    planner asks for module costs at several chunk sizes)."""
+    hit = _STATIC.get(id(spec))
+    if hit is not None and hit[0] is spec:
+        return hit[1]
+    have, norm = spec.tensor_bytes, spec.hidden_size * 2
+    out = []
+    for node in lm_modules(spec):
+        if node.kind == "parallel_decoder":
+            attn, mlp = node.parts
+            weight = norm + node_weight(spec, attn, have, norm) + node_weight(spec, mlp, have, norm)
+        elif node.kind in ("attn", "mlp", "moe", "lm_head"):
+            weight = node_weight(spec, node, have, norm)
+        else:
+            weight = 0  # embedding, positions, norm: sized from the config below
+        out.append((node, weight, _load_extra(have, node)))
+    if len(_STATIC) > 64:
+        _STATIC.clear()
+    _STATIC[id(spec)] = (spec, out)
     return out
 
 
 def module_costs(
     spec: ModelSpec, max_input_len: int = 2048, max_batch_size: int = 1, max_seq_len: int | None = None
 ) -> list[ModuleCost]:
-    """exllamav2's modules in its order: embedding (CPU), per layer attn + mlp/moe (or one parallel decoder),
-    final norm, lm_head. `max_seq_len` (config.max_seq_len, default the model's) only enters scratch_bytes."""
+    """exllamav2's modules in its order (model.py L78-156): embedding (CPU), learned positions (GPT-2,
+    BigCode), per layer attention + MLP / MoE (or one parallel decoder), final norm, lm_head.
+    `max_seq_len` (config.max_seq_len, default the model's) enters the GQA scratch and the learned position
+    embedding, whose footprint exllamav2 takes from config.max_seq_len at construction (pos_embedding.py)."""
     if max_input_len <= 0 or max_batch_size <= 0:
         raise ValueError("max_input_len and max_batch_size must be positive")
     seq = spec.max_position_embeddings if max_seq_len is None else max_seq_len
     rows = max_input_len * max_batch_size
-    h, vocab, r = spec.hidden_size, spec.vocab_size, spec.rules
-    extra = _exl2_resident_extra(spec)
-    costs = [ModuleCost("model.embed_tokens", "embedding", None, vocab * h * 2, 0, 0, on_cpu=True)]
-    for layer in range(spec.num_hidden_layers):
-        key = f"model.layers.{layer}"
-        if r.parallel_decoder:  # Cohere: one module holds the layer's attention and MLP
-            aw, af, as_ = _attn(spec, layer, rows, seq, max_batch_size, norms=False)
-            mw, mf = _mlp(spec, layer, rows, norms=False)
-            extra_pd = extra.get(f"{key}.self_attn", 0) + extra.get(f"{key}.mlp", 0)
+    h = spec.hidden_size
+    costs: list[ModuleCost] = []
+    for node, weight, load_extra in _static_costs(spec):
+        if node.kind == "embedding":
+            costs.append(ModuleCost(node.key, "embedding", None, spec.vocab_size * h * 2, 0, 0, on_cpu=True))
+        elif node.kind == "pos_embedding":
+            costs.append(ModuleCost(node.key, "pos_embedding", None, seq * h * 2, 0, 0))
+        elif node.kind == "attn":
+            fixed, scratch = attn_scratch(node, rows, seq, max_batch_size)
             costs.append(
                 ModuleCost(
-                    key,
-                    "parallel_decoder",
-                    layer,
-                    weight_bytes=h * 2 + aw + mw,
-                    scratch_fixed_bytes=max(af, mf),
-                    scratch_bytes=max(as_, mf),
-                    load_extra_bytes=extra_pd,
+                    f"{node.key}.self_attn",
+                    "attn",
+                    node.layer,
+                    weight,
+                    fixed,
+                    scratch,
+                    load_extra_bytes=load_extra,
                 )
             )
-            continue
-        aw, af, as_ = _attn(spec, layer, rows, seq, max_batch_size, norms=True)
-        costs.append(
-            ModuleCost(
-                f"{key}.self_attn",
-                "attn",
-                layer,
-                weight_bytes=aw,
-                scratch_fixed_bytes=af,
-                scratch_bytes=as_,
-                load_extra_bytes=extra.get(f"{key}.self_attn", 0),
+        elif node.kind in ("mlp", "moe"):
+            scratch = (
+                moe_scratch(node, rows, spec.num_experts or 0)
+                if node.kind == "moe"
+                else mlp_scratch(node, rows)
             )
-        )
-        mw, mf = _moe(spec, layer, rows) if r.moe else _mlp(spec, layer, rows, norms=True)
-        costs.append(
-            ModuleCost(
-                f"{key}.mlp",
-                "moe" if r.moe else "mlp",
-                layer,
-                weight_bytes=mw,
-                scratch_fixed_bytes=mf,
-                scratch_bytes=mf,
-                load_extra_bytes=extra.get(f"{key}.block_sparse_moe" if r.moe else f"{key}.mlp", 0),
+            costs.append(
+                ModuleCost(
+                    f"{node.key}.mlp",
+                    node.kind,
+                    node.layer,
+                    weight,
+                    scratch,
+                    scratch,
+                    load_extra_bytes=load_extra,
+                )
             )
-        )
-    costs.append(ModuleCost("model.norm", "norm", None, weight_bytes=h * 2, scratch_fixed_bytes=0))
-    tied = r.lm_head != "lm_head" or spec.tie_word_embeddings  # model.py sets head.alt_key then
-    head_keys = ("lm_head", "model.embed_tokens") if tied else ("lm_head",)
-    head_dq = _dq(h, vocab)  # lm_head is not a sub-module: no temp_fwd, only its dequant buffer
-    costs.append(
-        ModuleCost(
-            "lm_head",
-            "lm_head",
-            None,
-            weight_bytes=_linear_footprint(spec, head_keys, h, vocab),
-            scratch_fixed_bytes=head_dq,
-            scratch_bytes=head_dq,
-            load_extra_bytes=extra.get("lm_head", 0),
-        )
-    )
+        elif node.kind == "parallel_decoder":
+            attn, mlp = node.parts
+            a_fixed, a_scratch = attn_scratch(attn, rows, seq, max_batch_size)
+            m_scratch = mlp_scratch(mlp, rows)
+            costs.append(
+                ModuleCost(
+                    node.key,
+                    "parallel_decoder",
+                    node.layer,
+                    weight,
+                    max(a_fixed, m_scratch),
+                    max(a_scratch, m_scratch),
+                    load_extra_bytes=load_extra,
+                )
+            )
+        elif node.kind == "norm":
+            costs.append(ModuleCost(node.key, "norm", None, h * 2, 0, 0))
+        else:  # lm_head: not a sub-module, so no temp_fwd: only its dequant buffer
+            dq = temp_dq_bytes(node.linears[0])
+            costs.append(ModuleCost(node.key, "lm_head", None, weight, dq, dq, load_extra_bytes=load_extra))
     return costs
 
 
@@ -316,13 +322,21 @@ def gpu_weight_bytes(costs: Iterable[ModuleCost], *, resident: bool = False) -> 
     return sum(c.weight_bytes + (c.load_extra_bytes if resident else 0) for c in costs if not c.on_cpu)
 
 
+def rope_tables(spec: ModelSpec) -> int:
+    """How many sin/cos table pairs device.py prepare_sincos builds: one per RoPE base (Gemma 3 has a second
+    base for its sliding layers, config rotary_embedding_base_alt)."""
+    return 2 if spec.rope_theta_alt else 1
+
+
 def rope_bytes(spec: ModelSpec, max_seq_len: int) -> int:
-    """device.py prepare_sincos: fp16 sin + cos of (max_seq_len, 2 * len(inv_freq)) per device, where
-    inv_freq = arange(0, int(head_dim * partial_rotary_factor), 2). One table set per RoPE base (one for
-    every architecture modelled here; Gemma-3's alternate base would double it)."""
+    """device.py prepare_sincos (L132-170): per device and per RoPE base, fp16 sin and cos of
+    (max_seq_len, 2 * len(inv_freq)) with inv_freq = arange(0, int(head_dim * partial_rotary_factor), 2).
+    Without RoPE (GPT-2, BigCode) one 1-element fp16 tensor serves as both sin and cos."""
+    if spec.rope_style == "none":
+        return 2
     rotary = int(spec.head_dim * spec.partial_rotary_factor)
     width = 2 * ((rotary + 1) // 2)
-    return 2 * max_seq_len * width * 2
+    return rope_tables(spec) * 2 * max_seq_len * width * 2
 
 
 def manual_split_attn_reserve_bytes(
@@ -408,7 +422,7 @@ def attention_transient_bytes(
 def forward_activation_bytes(spec: ModelSpec, max_input_len: int, batch_size: int = 1) -> int:
     """Hidden state of a chunk kept across modules (estimate): the state plus its residual copy, in fp32 for
     architectures with an fp32 residual stream (Gemma-2, architecture.py residual_stream_fp32)."""
-    per = 4 if spec.rules.residual_fp32 else 2
+    per = 4 if spec.rules.lm.residual_stream_fp32 else 2
     return 2 * batch_size * max_input_len * spec.hidden_size * per
 
 

@@ -22,6 +22,8 @@ from typing import Any
 from exlx_autocfg.data import load_data
 from exlx_autocfg.errors import DoesNotFitError
 from exlx_autocfg.findings import Finding, finding
+from exlx_autocfg.model.architectures import ArchRules
+from exlx_autocfg.model.graph import lm_modules
 from exlx_autocfg.model.spec import ModelSpec
 from exlx_autocfg.planner import memory
 from exlx_autocfg.versions import at_least, in_specifier
@@ -241,8 +243,8 @@ def tp_device_weights(spec: ModelSpec, split: TPSplit) -> list[int]:
     r = spec.rules
     for layer in range(spec.num_hidden_layers):
         p = f"model.layers.{layer}"
-        for name in r.attn_norms:
-            norm(f"{p}.{name}", "kv")
+        for name in _norm_keys(r, "norm_1", "norm_1_post"):
+            norm(f"{p}{name}", "kv")
         linear(f"{p}.self_attn.q_proj", "q", hd)
         linear(f"{p}.self_attn.k_proj", "kv", hd)
         linear(f"{p}.self_attn.v_proj", "kv", hd)
@@ -251,15 +253,20 @@ def tp_device_weights(spec: ModelSpec, split: TPSplit) -> list[int]:
             t = tensors.get(f"{p}.self_attn.{name}.weight")
             if t is not None:
                 out[first] += math.prod(t.shape) * 2
-        for name in r.mlp_norms:
-            norm(f"{p}.{name}", "hidden")
-        if r.mlp_gate:
+        for name in _norm_keys(r, "norm_2", "norm_2_post"):
+            norm(f"{p}{name}", "hidden")
+        if r.lm.mlp_gate:
             linear(f"{p}.mlp.gate_proj", "intermediate")
         linear(f"{p}.mlp.up_proj", "intermediate")
         linear(f"{p}.mlp.down_proj", "hidden")
     norm("model.norm", "vocab")
     linear("lm_head", "vocab")
     return out
+
+
+def _norm_keys(rules: ArchRules, *names: str) -> list[str]:
+    """The per-layer norm key suffixes (".input_layernorm") the architecture gives a module (Params.keys)."""
+    return [key for name in names if (key := rules.lm.key(name))]
 
 
 def tp_load_peak_extra_bytes(spec: ModelSpec, split: TPSplit) -> int:
@@ -279,7 +286,7 @@ def tp_load_peak_extra_bytes(spec: ModelSpec, split: TPSplit) -> int:
                 if split.share(kind, first)
             )
         elif c.kind == "mlp":
-            names = (("gate_proj", "intermediate"),) if spec.rules.mlp_gate else ()
+            names = (("gate_proj", "intermediate"),) if spec.rules.lm.mlp_gate else ()
             names += (("up_proj", "intermediate"), ("down_proj", "hidden"))
             mine = sum(
                 _linear_split_bytes(tensors, f"{c.key}.{name}", split.share_range(kind, first, 1))
@@ -341,7 +348,7 @@ def tp_scratch_bytes(
         sliced("q", hd),
     )
     inter = spec.intermediate_size
-    mlp_dq = [dq(h, "intermediate", 1)] if spec.rules.mlp_gate else []
+    mlp_dq = [dq(h, "intermediate", 1)] if spec.rules.lm.mlp_gate else []
     mlp = total(
         amax(*mlp_dq, dq(h, "intermediate", 1), dq(inter, "hidden", 1)),
         broadcast("hidden", 1),
@@ -574,7 +581,7 @@ def tp_refusals(
                 source=req["single_gpu_source"],
             )
         )
-    if not spec.rules.supports_tp:
+    if not spec.rules.lm.supports_tp:
         out.append(
             finding(
                 "tp.architecture",
@@ -625,6 +632,28 @@ def tp_refusals(
                 source=req["hidden_equals_heads_source"],
             )
         )
+    if spec.is_moe:
+        out.append(
+            finding(
+                "tp.moe",
+                f"{arch} has mixture-of-experts MLPs: exllamav2's load_tp splits attention and dense MLPs "
+                "only and leaves the experts whole on one GPU, which is not modelled",
+                architecture=arch,
+                source=req["moe_source"],
+            )
+        )
+    post = _norm_keys(spec.rules, "norm_1_post", "norm_2_post")
+    if post:
+        out.append(
+            finding(
+                "tp.post_norms",
+                f"{arch} normalises after attention / MLP ({', '.join(k.lstrip('.') for k in post)}), which "
+                "exllamav2's TP kernels skip (wrong output)",
+                architecture=arch,
+                norms=[k.lstrip(".") for k in post],
+                source=req["post_norms_source"],
+            )
+        )
     if spec.use_qk_norm:
         out.append(
             finding(
@@ -657,14 +686,14 @@ def tp_refusals(
 
 
 def _non_exl2_linears(spec: ModelSpec) -> list[str]:
+    """The attention, MLP and head linears (model/graph.py) with no EXL2 q_weight: tp_split refuses them."""
     have = spec.tensor_bytes
-    keys = ["lm_head"]
-    for layer in range(spec.num_hidden_layers):
-        p = f"model.layers.{layer}"
-        keys += [f"{p}.self_attn.{n}" for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
-        keys += [
-            f"{p}.mlp.{n}" for n in (("gate_proj",) if spec.rules.mlp_gate else ()) + ("up_proj", "down_proj")
-        ]
+    keys = [
+        lin.key
+        for node in lm_modules(spec)
+        if node.kind in ("attn", "mlp", "lm_head")
+        for lin in node.linears
+    ]
     return [k for k in keys if f"{k}.q_weight" not in have]
 
 
