@@ -6,6 +6,10 @@ from typing import Annotated
 
 import typer
 
+from exlx_autocfg.cli import coercion
+
+coercion.install()  # plain option values without importing pydantic (typer >= 0.29)
+
 app = typer.Typer(
     name="exlx-autocfg",
     help="Probe GPUs and the GPU stack, plan the best ExLlamaV2 settings, write and apply profiles.",

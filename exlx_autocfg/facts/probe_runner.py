@@ -88,8 +88,8 @@ def run_probe(
         cmd.append("--no-import")
     if libraries:
         cmd += ["--libraries", ",".join(libraries)]
-    cache = cache_file(exe, env, libraries)
-    if cache is not None and not no_import:
+    cache = None if no_import else cache_file(exe, env, libraries)  # metadata alone is never cached
+    if cache is not None:
         cmd += ["--cache", str(cache)] + (["--refresh"] if refresh else [])
     deadline = time.monotonic() + timeout + STARTUP_GRACE_S
     code, stdout, stderr, timed_out = _run(cmd, timeout + STARTUP_GRACE_S, env)
