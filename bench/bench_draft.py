@@ -5,7 +5,8 @@ Every figure is the real command's answer, run in this process through the CLI:
     exlx-autocfg plan qwen2.5-72b@4.25bpw --gpu 3090x2 [--draft qwen2.5-0.5b@4.0bpw] --cache MODE --json
 
 `max_seq_len` of each plan (the planner solves the context with the draft's weights and its cache, in the
-same mode, placed first on GPU 0 as TabbyAPI loads it). Further rows, the same way: `--tensor-parallel`
+same mode, placed first on GPU 0 as TabbyAPI loads it; the chunk size is the planner's choice, so a
+row at --chunk-size 2048 on both sides isolates what the draft costs). Further rows: `--tensor-parallel`
 (load_tp over both GPUs), tensor parallel with the draft, and a rank-64 LoRA on every linear (a
 header-only adapter_model.safetensors written to a temporary directory: only its shapes matter).
 
@@ -57,7 +58,8 @@ def write_lora(root: Path, rank: int) -> Path:
     for layer in range(cfg["num_hidden_layers"]):
         for name, (part, i, o) in dims.items():
             key = f"base_model.model.model.layers.{layer}.{part}.{name}"
-            tensors += [(f"{key}.lora_A.weight", "BF16", (rank, i)), (f"{key}.lora_B.weight", "BF16", (o, rank))]
+            tensors += [(f"{key}.lora_A.weight", "BF16", (rank, i)),
+                        (f"{key}.lora_B.weight", "BF16", (o, rank))]
     d = root / f"qwen72b-r{rank}"
     d.mkdir()
     (d / "adapter_config.json").write_text(json.dumps({
@@ -82,6 +84,8 @@ def main() -> None:
             "tensor parallel": ["--tensor-parallel"],
             "tensor parallel + draft": ["--tensor-parallel", "--draft", draft],
             f"rank-{args.lora_rank} LoRA": ["--lora", str(lora)],
+            "without draft, chunk 2048": ["--chunk-size", "2048"],
+            "with draft, chunk 2048": ["--draft", draft, "--chunk-size", "2048"],
         }
         docs: dict[str, dict[str, dict]] = {name: {} for name in variants}
         seconds: dict[str, float] = {}
@@ -101,9 +105,14 @@ def main() -> None:
     for name, by_mode in docs.items():
         print(f"| {name} | " + " | ".join(ctx(by_mode[m]) for m in MODES) + f" | {seconds[name]:.2f} |")
     plain, with_draft = docs["without draft"], docs[f"with {draft} draft"]
-    print("| context lost to the draft | " + " | ".join(
-        f"{plain[m]['settings']['max_seq_len'] - with_draft[m]['settings']['max_seq_len']:,}" for m in MODES)
-        + " | |")
+
+    def lost(a: dict, b: dict) -> str:
+        return " | ".join(
+            f"{a[m]['settings']['max_seq_len'] - b[m]['settings']['max_seq_len']:,}" for m in MODES)
+
+    print(f"| context lost to the draft | {lost(plain, with_draft)} | |")
+    print("| context lost to the draft, chunk 2048 both | "
+          f"{lost(docs['without draft, chunk 2048'], docs['with draft, chunk 2048'])} | |")
     held = []
     for m in MODES:
         row = with_draft[m]["memory"][0]["parts"]
@@ -111,7 +120,7 @@ def main() -> None:
     print("| draft bytes on GPU 0 (MiB) | " + " | ".join(f"{h / MIB:,.0f}" for h in held) + " | |")
     lora_doc = docs[f"rank-{args.lora_rank} LoRA"]
     lora_mib = [sum(r["parts"].get("lora", 0) for r in lora_doc[m]["memory"]) / MIB for m in MODES]
-    print(f"| LoRA bytes, both GPUs (MiB) | " + " | ".join(f"{x:,.0f}" for x in lora_mib) + " | |")
+    print("| LoRA bytes, both GPUs (MiB) | " + " | ".join(f"{x:,.0f}" for x in lora_mib) + " | |")
     print()
     print("chunk size chosen (max_input_len): " + "; ".join(
         f"{name}: " + ", ".join(f"{m} {by_mode[m]['settings']['max_input_len']}" for m in MODES

@@ -36,10 +36,10 @@ ERROR_CODES: dict[str, str] = {
     "error.adapter": "a LoRA adapter directory cannot be read (no adapter_config.json, no weights, a bad "
     "rank)",
     "error.refused": "what loads beside the model cannot work with it (see the more precise codes below)",
-    "error.draft_refused": "a draft model that cannot draft for this model (another vocabulary, not smaller, a "
-    "cache that cannot match)",
-    "error.tp_refused": "tensor parallelism cannot run this model here (one GPU, an architecture or attention "
-    "backend exllamav2's TP path does not support, adapters)",
+    "error.draft_refused": "a draft model that cannot draft for this model (another vocabulary, not "
+    "smaller, a cache that cannot match)",
+    "error.tp_refused": "tensor parallelism cannot run this model here (one GPU, an architecture or "
+    "attention backend exllamav2's TP path does not support, adapters)",
     "error.lora_refused": "a LoRA adapter ExLlamaV2Lora cannot load on this model (another base model, DoRA, "
     "unsupported targets or dtypes)",
     "error.profile": "a profile file does not parse or fails validation",

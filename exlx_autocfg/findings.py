@@ -202,8 +202,8 @@ CODES: dict[str, str] = {
     "tp.not_worth.fits_one_gpu": "the model fits on one GPU, which needs no per-layer broadcasts",
     "tp.not_worth.mixed_gpus": "the GPUs differ: every TP layer waits for the slowest",
     "tp.split": "how load_tp splits KV heads, MLP columns and the vocabulary over the GPUs",
-    "tp.estimated": "the TP transients and load-time peak are estimates (the split, weights, scratch and cache "
-    "are exact)",
+    "tp.estimated": "the TP transients and load-time peak are estimates (the split, weights, scratch "
+    "and cache are exact)",
     # ---------------------------------------------------------------------- draft models (planner/draft)
     "draft.larger_than_model": "the draft model is not smaller than the model it drafts for",
     "draft.vocab_larger": "the draft's vocabulary is larger than the model's: drafted ids can index past "
@@ -220,7 +220,8 @@ CODES: dict[str, str] = {
     "draft.cache.follows_model": "the draft's cache mode is the one the planner chose for the model's cache",
     "draft.cache.forced": "the draft's cache mode was forced by --draft-cache",
     "draft.rope.native": "the context is within the draft's trained length: no RoPE scaling for the draft",
-    "draft.rope.alpha": "the context exceeds the draft's trained length: the draft gets NTK RoPE alpha scaling",
+    "draft.rope.alpha": "the context exceeds the draft's trained length: the draft gets NTK RoPE "
+    "alpha scaling",
     # ------------------------------------------------------------------------- LoRA adapters (planner/lora)
     "lora.fan_in_fan_out": "the adapter is fan_in_fan_out, which ExLlamaV2Lora refuses",
     "lora.peft_type": "the adapter is not a LoRA (peft_type)",
@@ -237,7 +238,8 @@ CODES: dict[str, str] = {
     "lora.scale_negative": "a negative LoRA scale (TabbyAPI refuses it)",
     "lora.base_model_differs": "the adapter names another base model than the one planned",
     "lora.placed": "the adapters' tensors, each on the GPU of the module it attaches to",
-    "lora.not_in_one_dir": "the adapters live in different folders; TabbyAPI reads them all from one lora_dir",
+    "lora.not_in_one_dir": "the adapters live in different folders; TabbyAPI reads them all from "
+    "one lora_dir",
     # --------------------------------------------------------------------------------- staleness
     "stale.model.gone": "the model directory no longer exists",
     "stale.model.other": "the profile was computed for another model directory",

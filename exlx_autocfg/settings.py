@@ -54,7 +54,8 @@ class DraftSettings:
 
 @dataclass
 class LoraSettings:
-    """One LoRA adapter, as `ExLlamaV2Lora.from_directory(model, path, scale)` and TabbyAPI's `lora:` load it."""
+    """One LoRA adapter, as `ExLlamaV2Lora.from_directory(model, path, scale)` and TabbyAPI's `lora:`
+    load it."""
 
     path: str  # the adapter directory (adapter_config.json + adapter_model.safetensors)
     scale: float = 1.0  # TabbyAPI `scaling`
@@ -160,9 +161,11 @@ def validate_settings(s: Settings) -> None:
             _bad(f"reserve_bytes[{i}]", f"must not be negative, got {b}")
     if s.tensor_parallel:
         if s.autosplit:
-            _bad("tensor_parallel", "cannot be combined with autosplit = true (load_tp splits by its own rule)")
+            _bad("tensor_parallel", "cannot be combined with autosplit = true (load_tp splits by its "
+                                    "own rule)")
         if s.gpu_split is None or sum(1 for gb in s.gpu_split if gb > 0) < 2:
-            _bad("tensor_parallel", "needs a gpu_split over two or more GPUs (load_tp splits heads and columns "
+            _bad("tensor_parallel", "needs a gpu_split over two or more GPUs (load_tp splits heads and "
+                                    "columns "
                  "in proportion to it)")
         if s.loras:
             _bad("tensor_parallel", "exllamav2's tensor-parallel forward never applies LoRAs; remove loras")

@@ -31,7 +31,8 @@ def draft_verdict(draft_ref: str, model: ModelSpec | None) -> Verdict:
     try:
         draft = read_draft(draft_ref)
     except ExlxError as exc:
-        return _titled(make("draft", "fail", f"the draft {draft_ref} does not read as a model exllamav2 loads: "
+        return _titled(make("draft", "fail", f"the draft {draft_ref} does not read as a model exllamav2 "
+                            "loads: "
                             f"{exc.one_line()}", code="check.draft.unreadable"), DRAFT_TITLE)
     if model is None:
         return _titled(make("draft", "pass", f"{draft.spec.name} reads as a {draft.spec.architecture} model "
@@ -41,7 +42,8 @@ def draft_verdict(draft_ref: str, model: ModelSpec | None) -> Verdict:
                            model_tokenizer=tokenizer_of(model), draft_tokenizer=draft.tokenizer)
     refusals = [f for f in found if dr.is_refusal(f)]
     if refusals:
-        return _titled(from_findings("draft", "fail", refusals, "choose a draft of the model's family, smaller "
+        return _titled(from_findings("draft", "fail", refusals, "choose a draft of the model's family, "
+                                     "smaller "
                                      "than it, with the same tokenizer"), DRAFT_TITLE)
     notes: list[Finding] = [f for f in found if f.code != "draft.context_beyond_trained"]
     return _titled(make("draft", "pass", f"{draft.spec.name} can draft for {model.name} (same vocabulary, "
@@ -55,8 +57,8 @@ def lora_verdict(lora_ref: str, model: ModelSpec | None) -> Verdict:
     try:
         item = read_lora(lora_ref)
     except ExlxError as exc:
-        return _titled(make(f"lora:{lora_ref}", "fail", f"the adapter {lora_ref} does not read as a LoRA "
-                            f"ExLlamaV2Lora loads: {exc.one_line()}", code="check.lora.unreadable"), LORA_TITLE)
+        why = f"the adapter {lora_ref} does not read as a LoRA ExLlamaV2Lora loads: {exc.one_line()}"
+        return _titled(make(f"lora:{lora_ref}", "fail", why, code="check.lora.unreadable"), LORA_TITLE)
     vid = f"lora:{item.adapter.name}"
     if model is None:
         found = lp.adapter_findings(item.adapter, scale=item.scale)
@@ -68,7 +70,8 @@ def lora_verdict(lora_ref: str, model: ModelSpec | None) -> Verdict:
     if refusals:
         return _titled(from_findings(vid, "fail", refusals, "use a PEFT LoRA trained on this base model, "
                                      "saved as adapter_model.safetensors"), LORA_TITLE)
-    return _titled(make(vid, "pass", f"{item.adapter.name} (r {item.adapter.r}) loads with ExLlamaV2Lora {what}",
+    return _titled(make(vid, "pass", f"{item.adapter.name} (r {item.adapter.r}) loads with "
+                        f"ExLlamaV2Lora {what}",
                         code="check.lora.ok", also=found), LORA_TITLE)
 
 

@@ -141,8 +141,9 @@ def emit(
                                           ("--budget", budget != "total"),
                                           ("--margin-mib", margin_mib != DEFAULT_MARGIN_MIB),
                                           ("--batch-size", batch_size != 1), ("--draft", draft),
-                                          ("--draft-cache", draft_cache), ("--tensor-parallel", tensor_parallel),
-                                          ("--lora", lora)) if value]
+                                          ("--draft-cache", draft_cache),
+                                          ("--tensor-parallel", tensor_parallel), ("--lora", lora))
+                 if value]
         if given:
             verb = "applies" if len(given) == 1 else "apply"
             raise UsageError(f"{source} is a profile: {', '.join(given)} {verb} only to a MODEL "

@@ -142,7 +142,8 @@ def beside_lines(plan: Plan) -> list[str]:
     if s.draft is not None:
         d = s.draft
         load = f"draft_gpu_split {d.gpu_split}" if d.gpu_split else "autosplit"
-        out.append(f"Draft: {d.name}, cache {d.cache_mode}, {load}, rope alpha {d.rope_alpha:g}, loaded first")
+        out.append(f"Draft: {d.name}, cache {d.cache_mode}, {load}, rope alpha {d.rope_alpha:g}, "
+                   "loaded first")
     if s.loras:
         out.append("LoRA: " + ", ".join(f"{x.name} (scale {x.scale:g})" for x in s.loras))
     return out

@@ -119,8 +119,8 @@ def verify_command(
 ) -> int:
     """Compare a profile with this machine now; exit 1 when it is stale, 0 when it is current."""
     from exlx_autocfg.facts.detect import detect
-    from exlx_autocfg.profile.stamps import read_companion_stamps
     from exlx_autocfg.profile.staleness import find_changes
+    from exlx_autocfg.profile.stamps import read_companion_stamps
 
     profile = read_profile(profile_path)
     recorded = profile.computed_for.python
@@ -234,11 +234,13 @@ def prepare_command(
         typer.echo(f"draft     ExLlamaV2({dc.model_dir}): max_seq_len={dc.max_seq_len}, scale_alpha_value="
                    f"{dc.scale_alpha_value:g}; {result['draft']['cache_class']}; {how} first")
     if p.tensor_parallel:
-        typer.echo(f"cache     ExLlamaV2Cache_TP(model, base={result['cache_class']}, max_seq_len={p.cache_tokens})")
+        typer.echo(f"cache     ExLlamaV2Cache_TP(model, base={result['cache_class']}, "
+                   f"max_seq_len={p.cache_tokens})")
         typer.echo(f"load      model.load_tp(gpu_split={p.gpu_split}, expect_cache_tokens={p.cache_tokens}, "
                    f"expect_cache_base={result['cache_class']})")
     else:
-        typer.echo(f"cache     {result['cache_class']}(model, max_seq_len={c.max_seq_len}, lazy={p.autosplit})")
+        typer.echo(f"cache     {result['cache_class']}(model, max_seq_len={c.max_seq_len}, "
+                   f"lazy={p.autosplit})")
     if p.tensor_parallel:
         pass
     elif p.autosplit:
@@ -274,8 +276,8 @@ def hub_changes(profile: Profile, facts: Any) -> tuple[list[Any], str | None]:
     may have been re-uploaded.) Returns the changes and a note when the Hub could not be asked."""
     from exlx_autocfg.errors import HubError
     from exlx_autocfg.model.hub import HubRef, read_hub_spec
-    from exlx_autocfg.profile.stamps import read_companion_stamps
     from exlx_autocfg.profile.staleness import find_changes
+    from exlx_autocfg.profile.stamps import read_companion_stamps
 
     m = profile.computed_for.model
     revision = m.hf_revision or m.hf_commit

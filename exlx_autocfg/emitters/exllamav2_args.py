@@ -80,20 +80,24 @@ def _beside_notes(src: EmitInput, script: str) -> list[str]:
     d = s.draft
     if d is not None:
         if script not in DRAFT_SCRIPTS:
-            lines.append(f"script {script!r} takes no draft model (examples/chat.py has -dm): the plan's draft "
+            lines.append(f"script {script!r} takes no draft model (examples/chat.py has -dm): the "
+                         "plan's draft "
                          f"{d.name} is not loaded, which leaves its memory free")
         else:
             if not d.path:
                 lines.append(f"no -dm: the plan names a catalog or Hub draft ({d.name}); add -dm DRAFT_DIR")
             if d.cache_mode != s.cache_mode:
-                lines.append(f"examples/chat.py gives the draft the model's cache mode ({s.cache_mode}), not the "
-                             f"planned {d.cache_mode}: re-plan with --draft-cache {s.cache_mode} for this script")
+                lines.append(f"examples/chat.py gives the draft the model's cache mode ({s.cache_mode}), "
+                             f"not the planned {d.cache_mode}: re-plan with --draft-cache {s.cache_mode} "
+                             "for this script")
             if d.gpu_split and len(d.gpu_split) > 1:
-                lines.append("examples/chat.py loads the draft with draft_model.load() (all on the first GPU), "
+                lines.append("examples/chat.py loads the draft with draft_model.load() (all on the "
+                             "first GPU), "
                              f"not the planned draft_gpu_split {d.gpu_split}")
     if s.loras:
-        lines.append("exllamav2's scripts take no LoRA flag: the adapters (" + ", ".join(x.name for x in s.loras)
-                     + ") are not loaded; use exlx_autocfg.load() or ExLlamaV2Lora.from_directory")
+        names = ", ".join(x.name for x in s.loras)
+        lines.append(f"exllamav2's scripts take no LoRA flag: the adapters ({names}) are not loaded; use "
+                     "exlx_autocfg.load() or ExLlamaV2Lora.from_directory")
     return lines
 
 

@@ -279,16 +279,17 @@ def _beside_notes(src: EmitInput) -> list[str]:
         lines.append(f"draft_model: {d.name} loads before the model, at its max_seq_len and cache_size, in "
                      f"{d.cache_mode} cache (TabbyAPI's default would be FP16).")
         if not d.path:
-            lines.append(f"draft_model_dir not set: the plan names a catalog or Hub draft ({d.name}); download "
-                         "it and set draft_model_dir / draft_model_name to its folder.")
+            lines.append(f"draft_model_dir not set: the plan names a catalog or Hub draft ({d.name}); "
+                         "download it and set draft_model_dir / draft_model_name to its folder.")
         if d.gpu_split:
             lines.append("draft_gpu_split pins the draft where the plan put it (set_device_map).")
     if s.loras:
         dirs = _lora_dirs(src)
         if len(dirs) > 1:
-            lines.append("Warning: the adapters live in " + ", ".join(dirs) + "; TabbyAPI reads every LoRA from "
-                         f"one lora_dir ({Path(s.loras[0].path).parent}): move them there.")
-        lines.append("lora: loaded after the model (config.yml only; a per-model tabby_config.yml has no lora:).")
+            lines.append("Warning: the adapters live in " + ", ".join(dirs) + "; TabbyAPI reads "
+                         f"every LoRA from one lora_dir ({Path(s.loras[0].path).parent}): move them there.")
+        lines.append("lora: loaded after the model (config.yml only; a per-model tabby_config.yml has "
+                     "no lora:).")
     return lines
 
 

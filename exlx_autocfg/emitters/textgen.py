@@ -120,18 +120,22 @@ def _beside_notes(src: EmitInput) -> list[str]:
     s, lines = src.settings, []
     d = s.draft
     if d is not None:
-        lines.append(f"Draft {d.name}: only the {DRAFT_LOADER} loader takes one; it loads the draft after the "
-                     "model (autosplit) in the model's cache_type, so the plan's draft placement is not pinned.")
+        lines.append(f"Draft {d.name}: only the {DRAFT_LOADER} loader takes one; it loads the draft "
+                     "after the model (autosplit) in the model's cache_type, so the plan's draft "
+                     "placement is not pinned.")
         if d.cache_mode != s.cache_mode:
-            lines.append(f"The UI gives the draft the model's cache_type ({CACHE_TYPE[s.cache_mode]}), not the "
+            lines.append(f"The UI gives the draft the model's cache_type ({CACHE_TYPE[s.cache_mode]}), "
+                         "not the "
                          f"planned {d.cache_mode}: re-plan with --draft-cache {s.cache_mode}.")
         if not d.path:
-            lines.append(f"model_draft names a catalog or Hub draft ({d.name}): set it to the downloaded folder.")
+            lines.append(f"model_draft names a catalog or Hub draft ({d.name}): set it to the "
+                         "downloaded folder.")
     if s.loras:
         lines.append("LoRAs: start the UI with --lora " + " ".join(x.name for x in s.loras) + " --lora-dir "
                      f"{Path(s.loras[0].path).parent} (config-user.yaml has no LoRA key).")
         if any(x.scale != 1.0 for x in s.loras):
-            lines.append("The UI loads every LoRA at scale 1.0 (ExLlamaV2Lora.from_directory without a scale); "
+            lines.append("The UI loads every LoRA at scale 1.0 (ExLlamaV2Lora.from_directory without a "
+                         "scale); "
                          "the plan's scales are not applied.")
     return lines
 

@@ -85,8 +85,9 @@ def parse_lora_option(text: str) -> tuple[str, float]:
 
 
 def read_lora(ref: Any) -> LoraInput:
-    """An adapter from `DIR[:SCALE]`, a (DIR, SCALE) pair, a {"path", "scale"} mapping (a profile's request)
-    or a LoraInput. Raises AdapterError (no adapter_config.json, no safetensors, a bad rank) or OptionError."""
+    """An adapter from `DIR[:SCALE]`, a (DIR, SCALE) pair, a {"path", "scale"} mapping (a profile's
+    request) or a LoraInput. Raises AdapterError (no adapter_config.json, no safetensors, a bad rank) or
+    OptionError."""
     if isinstance(ref, LoraInput):
         return ref
     if isinstance(ref, dict):
@@ -99,6 +100,7 @@ def read_lora(ref: Any) -> LoraInput:
         raise OptionError("loras", ref, "each adapter must be DIR[:SCALE] or (DIR, SCALE)")
     if not isinstance(path, (str, os.PathLike)) or not os.fspath(path).strip():
         raise OptionError("loras", ref, "must name an adapter directory", flag="--lora")
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
+    number = isinstance(scale, (int, float)) and not isinstance(scale, bool)
+    if not number or not math.isfinite(scale) or scale < 0:
         raise OptionError("loras", ref, "the scale must be a finite number >= 0", flag="--lora")
     return LoraInput(read_adapter(path), float(scale), os.path.abspath(os.fspath(path)))

@@ -277,7 +277,8 @@ def judge_at(companions: Companions, spec: ModelSpec, *, mode: str, max_seq_len:
     pool = max_seq_len * batch  # a paged cache is one pool of this many tokens, for both caches
     if batch > 1 and dr.cache_length(spec, mode, pool) != dr.cache_length(draft.spec, dmode, pool):
         found.append(finding("draft.cache_length_mismatch",
-                             f"at cache_size {pool} the {mode} model cache and the {dmode} draft cache round to "
+                             f"at cache_size {pool} the {mode} model cache and the {dmode} draft cache "
+                             "round to "
                              "different lengths: exllamav2's dynamic generator asserts they are equal",
                              source=dr.rules()["requires"]["cache_dims_source"]))
     refusals = [f for f in found if dr.is_refusal(f)]
@@ -312,7 +313,8 @@ def draft_reasons(companions: Companions, placed: dr.DraftPlan, mode: str, max_s
         reasons.append(Reason(
             "draft_cache_mode", dmode, "draft.cache.follows_model",
             f"the cache mode chosen for the model ({mode}); its context was solved with the draft's cache in "
-            f"the same mode (TabbyAPI's own default would be {dr.rules()['settings']['tabby_default_cache_mode']},"
+            "the same mode (TabbyAPI's own default would be "
+            f"{dr.rules()['settings']['tabby_default_cache_mode']},"
             " so the mode is always written out)", {"mode": dmode}))
     trained = spec.max_position_embeddings
     alpha = round(dr.rope_alpha_for(trained, max_seq_len), 4)
@@ -352,7 +354,8 @@ def lora_reason(companions: Companions, plan: Plan, devices: list[Placed]) -> Re
     names = ", ".join(f"{p.name}:{p.scale:g}" for p in companions.lora_plans)
     return Reason(
         "loras", names, "lora.placed",
-        "ExLlamaV2Lora keeps every lora_A/lora_B in fp16 on the GPU of the module it attaches to; placed with "
+        "ExLlamaV2Lora keeps every lora_A/lora_B in fp16 on the GPU of the module it attaches to; "
+        "placed with "
         f"those modules and planned with them: {where}",
         {"bytes_by_gpu": {str(plan.gpus[pos].index): n for pos, n in per_gpu.items()},
          "source": lp.rules()["tensors"]["gpu_bytes_source"]},
@@ -369,7 +372,8 @@ def lora_sections(companions: Companions) -> list[dict[str, Any]]:
             for p, item in zip(companions.lora_plans, companions.loras, strict=True)]
 
 
-def attach(plan: Plan, companions: Companions, solver: Solver, spec: ModelSpec, devices: list[Placed]) -> Plan:
+def attach(plan: Plan, companions: Companions, solver: Solver, spec: ModelSpec, devices: list[Placed]
+           ) -> Plan:
     """Write the draft and adapters into an assembled layer-split Plan: settings, sections, reasons and
     warnings (the memory rows already hold their bytes: the solver placed them)."""
     s = plan.settings
@@ -380,12 +384,14 @@ def attach(plan: Plan, companions: Companions, solver: Solver, spec: ModelSpec, 
         chunk = int((chunk_reason.evidence if chunk_reason else {}).get("picked", s.max_input_len))
         placed = solver.draft_at(s.cache_mode, s.max_seq_len, min(chunk, s.max_seq_len))
         assert placed is not None  # the plan's placement held it
-        found = judge_at(companions, spec, mode=s.cache_mode, max_seq_len=s.max_seq_len, batch=s.max_batch_size)
+        found = judge_at(companions, spec, mode=s.cache_mode, max_seq_len=s.max_seq_len,
+                         batch=s.max_batch_size)
         settings, reasons = draft_reasons(companions, placed, s.cache_mode, s.max_seq_len, plan)
         s.draft = settings
         plan.reasons += reasons
         plan.draft = draft_section(plan, placed, found)
-        plan.draft |= {"path": companions.draft.spec.path, "fingerprint": companions.draft.spec.fingerprint}
+        plan.draft |= {"path": companions.draft.spec.path, "fingerprint": companions.draft.spec.fingerprint,
+                       "architecture": companions.draft.spec.architecture}
         extra_warnings += [f for f in found if f.code != "draft.context_beyond_trained"]
     if companions.loras:
         s.loras = lora_settings(companions)

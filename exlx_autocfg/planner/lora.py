@@ -162,7 +162,6 @@ def _model_names(spec: ModelSpec) -> set[str]:
 def plan_lora(adapter: LoraAdapter, spec: ModelSpec, *, scale: float = 1.0) -> LoraPlan:
     """The adapter's modules and bytes on `spec`, with every reason ExLlamaV2Lora would refuse it (codes in
     REFUSALS) and the warnings. Refusals do not raise: the caller decides (one line, exit 2)."""
-    t = rules()["tensors"]
     where = adapter.path
     out: list[Finding] = adapter_findings(adapter, scale=scale)
 

@@ -93,7 +93,8 @@ def _sdpa_enabled(facts: Facts, sel: Selection) -> bool:
 def refusals(facts: Facts, spec: ModelSpec, gpus: list[GPU], sel: Selection, exllamav2: str,
              lora_count: int) -> list[Finding]:
     return tp.tp_refusals(spec, gpu_count=len(gpus), backend=sel.backend,
-                          flash_attn_version=facts.version_of("flash-attn"), sdpa_enabled=_sdpa_enabled(facts, sel),
+                          flash_attn_version=facts.version_of("flash-attn"),
+                          sdpa_enabled=_sdpa_enabled(facts, sel),
                           exllamav2_version=exllamav2, lora_count=lora_count)
 
 
@@ -212,7 +213,8 @@ def plan_tp(facts: Facts, spec: ModelSpec, gpus: list[GPU], exllamav2: str, req:
                         gpu_split=pt.gpu_split, tensor_parallel=True, **sel.switches)
     solved = _Solved(sel, mode, max_seq_len, target)
     found = [*warnings, *plan_warnings(facts, gpus, [], req, rows, solved)]  # type: ignore[arg-type]
-    found.append(finding("tp.estimated", "tensor-parallel transients (final-norm broadcast, logits slices) and the "
+    found.append(finding("tp.estimated", "tensor-parallel transients (final-norm broadcast, logits "
+                         "slices) and the "
                          "load-time peak are estimates; the split, weights, TP scratch and cache are exact",
                          source=tp.rules()["split"]["source"]))
     plan = Plan(
@@ -247,7 +249,8 @@ def plan_tp(facts: Facts, spec: ModelSpec, gpus: list[GPU], exllamav2: str, req:
         plan.settings.draft = draft_settings
         plan.reasons += draft_reasons
         plan.draft = cp.draft_section(plan, pt.draft, found_pair)
-        plan.draft |= {"path": companions.draft.spec.path, "fingerprint": companions.draft.spec.fingerprint}
+        plan.draft |= {"path": companions.draft.spec.path, "fingerprint": companions.draft.spec.fingerprint,
+                       "architecture": companions.draft.spec.architecture}
         seen = {(w.code, w.message) for w in plan.warnings}
         plan.warnings += [f for f in found_pair if f.code != "draft.context_beyond_trained"
                           and (f.code, f.message) not in seen]

@@ -205,8 +205,10 @@ def companion_stamps(plan: Plan) -> tuple[ModelStamp | None, list[LoraStamp]]:
     """What a profile records of the draft and the adapters, from the plan's sections."""
     draft = None
     if plan.draft is not None and plan.settings.draft is not None:
-        draft = ModelStamp(name=plan.draft.get("model") or plan.settings.draft.name, dir=plan.draft.get("path"),
-                           fingerprint=plan.draft.get("fingerprint"))
+        draft = ModelStamp(name=plan.draft.get("model") or plan.settings.draft.name,
+                           dir=plan.draft.get("path"),
+                           fingerprint=plan.draft.get("fingerprint"),
+                           architecture=plan.draft.get("architecture") or "")
     loras = [LoraStamp(name=str(x.get("name")), dir=str(x.get("path")), fingerprint=x.get("fingerprint"))
              for x in plan.loras]
     return draft, loras

@@ -103,7 +103,8 @@ class Prepared:
         if self.tensor_parallel:
             from exllamav2 import ExLlamaV2Cache_TP
 
-            return ExLlamaV2Cache_TP(model, base=self.cache_class, batch_size=1, max_seq_len=self.cache_tokens)
+            return ExLlamaV2Cache_TP(model, base=self.cache_class, batch_size=1,
+                                     max_seq_len=self.cache_tokens)
         return self.cache_class(model, batch_size=1, max_seq_len=self.config.max_seq_len,
                                 lazy=self.autosplit if lazy is None else lazy)
 
@@ -247,7 +248,8 @@ def prepare(
         tensor_parallel=settings.tensor_parallel,
         draft_config=draft_config,
         draft_cache_class=draft_cache_class,
-        draft_gpu_split=list(settings.draft.gpu_split) if settings.draft and settings.draft.gpu_split else None,
+        draft_gpu_split=(list(settings.draft.gpu_split) if settings.draft and settings.draft.gpu_split
+                         else None),
         loras=loras,
     )
 
@@ -436,7 +438,8 @@ def _build_draft_config(module: Any, spec: Any, settings: Settings, notes: list[
     d = settings.draft
     assert d is not None
     if not d.path:
-        raise LoaderError(f"the profile's draft {d.name} has no local directory (planned from the catalog or the "
+        raise LoaderError(f"the profile's draft {d.name} has no local directory (planned from the "
+                          "catalog or the "
                           "Hub)", hint="download it and re-plan with --draft DIR")
     draft = read_draft(d.path)
     found = dr.judge_draft(spec, draft.spec, cache_size=settings.max_seq_len, cache_mode=settings.cache_mode,
@@ -460,7 +463,8 @@ def _build_draft_config(module: Any, spec: Any, settings: Settings, notes: list[
         setattr(config, switch, value)
     config.arch_compat_overrides(quiet=True)
     load = f"load(gpu_split={d.gpu_split})" if d.gpu_split else "load_autosplit(draft_cache)"
-    notes.append(f"draft {d.name}: {d.cache_class}, max_seq_len {settings.max_seq_len} (the model's), rope alpha "
+    notes.append(f"draft {d.name}: {d.cache_class}, max_seq_len {settings.max_seq_len} (the model's), "
+                 "rope alpha "
                  f"{d.rope_alpha:g}; {load} before the model")
     return config
 
@@ -479,7 +483,8 @@ def _check_loras(spec: Any, settings: Settings, notes: list[str]) -> list[tuple[
         refusals = [f for f in planned.findings if is_refusal(f)]
         if refusals:
             raise LoraRefusedError(refusal_line(f"LoRA {lora.path}", refusals), refusals)
-        notes.append(f"LoRA {lora.name}: ExLlamaV2Lora.from_directory(model, {lora.path!r}, {lora.scale:g}) after "
+        notes.append(f"LoRA {lora.name}: ExLlamaV2Lora.from_directory(model, {lora.path!r}, "
+                     f"{lora.scale:g}) after "
                      f"the model ({planned.gpu_bytes / 1024**2:,.1f} MiB on the GPUs of its modules)")
         out.append((lora.path, lora.scale))
     return out

@@ -63,7 +63,8 @@ def companion_changes(old: ComputedFor, draft: ModelStamp | None, loras: list[Lo
     was = old.draft
     if was is not None and was.dir:
         if draft is None or draft.fingerprint is None:
-            out.append(Change("draft", "draft", f"draft model directory {was.dir} no longer exists or no longer "
+            out.append(Change("draft", "draft", f"draft model directory {was.dir} no longer exists or "
+                                                "no longer "
                               "reads as a model", "stale.draft.gone"))
         elif was.fingerprint and draft.fingerprint != was.fingerprint:
             out.append(Change("draft", "draft", f"draft model {was.name} changed: config.json or the "

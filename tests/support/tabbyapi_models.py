@@ -11,6 +11,7 @@ When the real file is at hand (`TABBYAPI_CONFIG_MODELS=/path/to/config_models.py
 and the tests validate against TabbyAPI's classes themselves and check this transcription against them.
 """
 
+# ruff: noqa: UP007, UP045 -- spelled as TabbyAPI spells them (Optional/Union), the better to compare
 from __future__ import annotations
 
 import importlib.util
@@ -43,7 +44,7 @@ FIELDS: dict[str, tuple[str, dict[str, tuple[Any, Any, dict[str, Any], int]]]] =
         "autosplit_reserve": (list[float], [96], {}, 227),
         "gpu_split": (list[float], [], {}, 234),
         "rope_scale": (Optional[float], 1.0, {}, 241),
-        "rope_alpha": (Optional[Union[float, Literal["auto"]]], None, {}, 250),
+        "rope_alpha": (Optional[float | Literal["auto"]], None, {}, 250),
         "chunk_size": (Optional[int], 2048, {"gt": 0}, 259),
         "output_chunking": (Optional[bool], True, {}, 269),
         "max_batch_size": (Optional[int], None, {"ge": 1}, 278),
@@ -69,7 +70,7 @@ FIELDS: dict[str, tuple[str, dict[str, tuple[Any, Any, dict[str, Any], int]]]] =
     }),
     "lora": ("LoraConfig", {
         "lora_dir": (Optional[str], "loras", {}, 448),
-        "loras": (Optional[list["LoraInstanceModel"]], None, {}, 451),
+        "loras": (None, None, {}, 451),  # Optional[List[LoraInstanceModel]]: built in models()
     }),
 }
 LORA_INSTANCE: dict[str, tuple[Any, Any, dict[str, Any], int]] = {  # L437-441
@@ -89,7 +90,8 @@ def models() -> dict[str, type[BaseModel]]:
     lora_instance = _model("LoraInstanceModel", LORA_INSTANCE)
     out = {}
     for section, (name, fields) in FIELDS.items():
-        fixed = {k: (v[0] if k != "loras" else Optional[list[lora_instance]], *v[1:]) for k, v in fields.items()}
+        fixed = {k: (v[0] if k != "loras" else Optional[list[lora_instance]], *v[1:])
+                 for k, v in fields.items()}
         out[section] = _model(name, fixed)
     return out
 
