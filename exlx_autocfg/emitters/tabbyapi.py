@@ -276,8 +276,9 @@ def _beside_notes(src: EmitInput) -> list[str]:
                      "proportion to it (written so the split does not follow the free memory at load time).")
     d = s.draft
     if d is not None:
+        default = " (written: TabbyAPI's default is FP16)" if d.cache_mode != "FP16" else ""
         lines.append(f"draft_model: {d.name} loads before the model, at its max_seq_len and cache_size, in "
-                     f"{d.cache_mode} cache (TabbyAPI's default would be FP16).")
+                     f"{d.cache_mode} cache{default}.")
         if not d.path:
             lines.append(f"draft_model_dir not set: the plan names a catalog or Hub draft ({d.name}); "
                          "download it and set draft_model_dir / draft_model_name to its folder.")

@@ -15,6 +15,7 @@ and warnings into the assembled Plan. Tensor parallelism has its own solve path 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -312,10 +313,9 @@ def draft_reasons(companions: Companions, placed: dr.DraftPlan, mode: str, max_s
     else:
         reasons.append(Reason(
             "draft_cache_mode", dmode, "draft.cache.follows_model",
-            f"the cache mode chosen for the model ({mode}); its context was solved with the draft's cache in "
-            "the same mode (TabbyAPI's own default would be "
-            f"{dr.rules()['settings']['tabby_default_cache_mode']},"
-            " so the mode is always written out)", {"mode": dmode}))
+            f"the cache mode chosen for the model ({mode}): the context was solved with the draft's cache in "
+            "the same mode (written out: TabbyAPI's own default is "
+            f"{dr.rules()['settings']['tabby_default_cache_mode']})", {"mode": dmode}))
     trained = spec.max_position_embeddings
     alpha = round(dr.rope_alpha_for(trained, max_seq_len), 4)
     if alpha > 1.0:
@@ -394,6 +394,12 @@ def attach(plan: Plan, companions: Companions, solver: Solver, spec: ModelSpec, 
                        "architecture": companions.draft.spec.architecture}
         extra_warnings += [f for f in found if f.code != "draft.context_beyond_trained"]
     if companions.loras:
+        dirs = sorted({os.path.dirname(os.path.abspath(x.reference)) for x in companions.loras})
+        if len(dirs) > 1:
+            extra_warnings.append(finding(
+                "lora.not_in_one_dir", f"the adapters live in {', '.join(dirs)}: TabbyAPI reads every LoRA "
+                "from one lora_dir (text-generation-webui from one --lora-dir); move them into one folder",
+                dirs=dirs))
         s.loras = lora_settings(companions)
         plan.loras = lora_sections(companions)
         plan.reasons.append(lora_reason(companions, plan, devices))
