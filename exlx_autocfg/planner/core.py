@@ -276,6 +276,9 @@ def device_totals_at(facts: Facts, model: Any, plan_: Plan, seq_len: int, **requ
     or None when the modules no longer fit. For tests and `bench/`: a plan at `max_seq_len` fits, at
     `max_seq_len + 256` it does not (unless capped by the target)."""
     req = Request.from_kwargs(request)
+    if req.tensor_parallel or plan_.settings.tensor_parallel:
+        raise UsageError("device_totals_at re-runs the layer-split arithmetic; a tensor-parallel plan's "
+                         "figures are in plan.tensor_parallel['devices']")
     by_index = {g.index: g for g in facts.gpu.gpus}
     gpus = [by_index[p.index] for p in plan_.gpus]
     overheads = overheads_of(req)
