@@ -1,140 +1,138 @@
 """Qwen2.5-72B 4.25 bpw on 2x RTX 3090, with and without a Qwen2.5-0.5B draft: max context per cache mode.
 
-How it is composed (phase 1: the planner does not know drafts yet, so this script wraps it):
-1. Without the draft: the current planner (`planner.core.plan`, what-if facts `3090x2` with the
-   recommended attention libraries), chunk 2048 (TabbyAPI's default), one plan per cache mode.
-2. With the draft, per cache mode (the draft's cache mode = the model's, the policy the issue asks for),
-   for a candidate context C (a multiple of 256): place the draft as TabbyAPI loads it, FIRST, by
-   exllamav2's autosplit (`planner.draft.place_draft_autosplit`) on each GPU's plan budget minus the
-   planner's reserve (CUDA context + allocator slack), with the draft at max_seq_len = C and the same
-   chunk; take its persistent bytes (weights, cache, FP16 staging, its scratch tensor, RoPE tables) off that
-   GPU's VRAM, plus any excess of its transients over the model's on that GPU (none here: checked); plan
-   the model again with `context=C`. C fits when that plan reaches C. Binary search for the largest C.
-3. Tensor parallelism (no draft): `planner.tensor_parallel.max_tp_seq_len` on the same budgets.
+Every figure is the real command's answer, run in this process through the CLI:
 
-Run: python bench/bench_draft.py [--draft-bpw 4.0]
+    exlx-autocfg plan qwen2.5-72b@4.25bpw --gpu 3090x2 [--draft qwen2.5-0.5b@4.0bpw] --cache MODE --json
+
+`max_seq_len` of each plan (the planner solves the context with the draft's weights and its cache, in the
+same mode, placed first on GPU 0 as TabbyAPI loads it; the chunk size is the planner's choice, so a
+row at --chunk-size 2048 on both sides isolates what the draft costs). Further rows: `--tensor-parallel`
+(load_tp over both GPUs), tensor parallel with the draft, and a rank-64 LoRA on every linear (a
+header-only adapter_model.safetensors written to a temporary directory: only its shapes matter).
+
+Run: python bench/bench_draft.py [--draft-bpw 4.0] [--lora-rank 64]
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
+import contextlib
+import io
+import json
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from exlx_autocfg.errors import DoesNotFitError
-from exlx_autocfg.facts.what_if import what_if_facts
-from exlx_autocfg.model.load import load_model_spec
-from exlx_autocfg.planner import draft as dr
-from exlx_autocfg.planner import memory
-from exlx_autocfg.planner import tensor_parallel as tp
-from exlx_autocfg.planner.core import DEFAULT_MARGIN_MIB, plan
+from exlx_autocfg.cli import run
+from exlx_autocfg.model.catalog import catalog_config
+from exlx_autocfg.model.safetensors import write_header_only
 
 MIB = 1024**2
-PAGE = 256
-CHUNK = 2048
+MODEL = "qwen2.5-72b@4.25bpw"
 MODES = ("FP16", "Q8", "Q6", "Q4")
 
 
-def reserve_bytes() -> int:
-    o = memory.DEFAULT_OVERHEADS
-    return o.cuda_context_bytes + o.allocator_slack_bytes
+def plan_json(*args: str) -> dict:
+    """`exlx-autocfg plan ... --json` in this process; the document it prints (an error document too)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        code = run(["plan", *args, "--json"])
+    doc = json.loads(out.getvalue())
+    doc["_exit"] = code
+    return doc
 
 
-def with_draft(facts, model, draft, mode: str, cap: int) -> tuple[int, dr.DraftPlan | None]:
-    gpus = sorted(facts.gpu.gpus, key=lambda g: g.cuda_index)
-    budgets = [g.memory_total - DEFAULT_MARGIN_MIB * MIB for g in gpus]
-    free_before_model = [b - reserve_bytes() for b in budgets]
-
-    def attempt(c: int) -> dr.DraftPlan | None:
-        try:
-            dplan = dr.place_draft_autosplit(
-                draft,
-                free_before_model,
-                cache_mode=mode,
-                max_seq_len=c,
-                chunk_size=CHUNK,
-                backend="flash_attn",
-            )
-        except DoesNotFitError:
-            return None
-        shrunk = copy.deepcopy(facts)
-        main_transient = memory.attention_transient_bytes(
-            model, "flash_attn", CHUNK, CHUNK * CHUNK, c
-        ) + memory.forward_activation_bytes(model, CHUNK)
-        for g in shrunk.gpu.gpus:
-            pos = g.cuda_index
-            held = dplan.persistent_by_position(len(gpus))[pos]
-            excess = max(0, dplan.transient_by_position(len(gpus))[pos] - main_transient)
-            assert excess == 0, "draft transients exceed the model's: compose with max(), not a sum"
-            g.memory_total -= held + excess
-        try:
-            p = plan(shrunk, model, cache=mode, context=c, chunk_size=CHUNK)
-        except DoesNotFitError:
-            return None
-        return dplan if p.settings.max_seq_len >= c else None
-
-    lo, hi, best = 1, cap // PAGE, None
-    while lo <= hi:
-        mid = (lo + hi) // 2
-        got = attempt(mid * PAGE)
-        if got is not None:
-            best, lo = (mid * PAGE, got), mid + 1
-        else:
-            hi = mid - 1
-    return best if best else (0, None)
+def write_lora(root: Path, rank: int) -> Path:
+    """A PEFT LoRA for Qwen2.5-72B on every linear of every layer, header only."""
+    cfg = catalog_config("qwen2.5-72b")
+    h, inter, heads = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_attention_heads"]
+    kv = cfg["num_key_value_heads"]
+    hd = h // heads
+    dims = {"q_proj": ("self_attn", h, heads * hd), "k_proj": ("self_attn", h, kv * hd),
+            "v_proj": ("self_attn", h, kv * hd), "o_proj": ("self_attn", heads * hd, h),
+            "gate_proj": ("mlp", h, inter), "up_proj": ("mlp", h, inter), "down_proj": ("mlp", inter, h)}
+    tensors = []
+    for layer in range(cfg["num_hidden_layers"]):
+        for name, (part, i, o) in dims.items():
+            key = f"base_model.model.model.layers.{layer}.{part}.{name}"
+            tensors += [(f"{key}.lora_A.weight", "BF16", (rank, i)),
+                        (f"{key}.lora_B.weight", "BF16", (o, rank))]
+    d = root / f"qwen72b-r{rank}"
+    d.mkdir()
+    (d / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "LORA", "r": rank, "lora_alpha": 2 * rank, "target_modules": list(dims),
+        "base_model_name_or_path": "Qwen/Qwen2.5-72B-Instruct"}))
+    write_header_only(d / "adapter_model.safetensors", tensors, {"format": "pt"})
+    return d
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--draft-bpw", type=float, default=4.0)
+    ap.add_argument("--lora-rank", type=int, default=64)
     args = ap.parse_args()
-    facts = what_if_facts(["3090x2"], recommended=True)
-    model = load_model_spec("qwen2.5-72b@4.25bpw")
-    draft = load_model_spec(f"qwen2.5-0.5b@{args.draft_bpw}bpw")
-    print(f"{model.name} on 2x RTX 3090 (24 GiB), chunk {CHUNK}, flash-attn (what-if stack), manual split")
-    print(
-        f"draft {draft.name}: {dr.draft_weights_bytes(draft) / MIB:,.0f} MiB of GPU weights, "
-        "cache bytes/token "
-        + ", ".join(f"{m} {v:,}" for m, v in dr.draft_kv_cache_bytes_per_token(draft).items())
-    )
-    rows: dict[str, dict[str, int]] = {"without draft": {}, "with 0.5B draft": {}, "tensor parallel": {}}
-    held: dict[str, int] = {}
-    gpus = sorted(facts.gpu.gpus, key=lambda g: g.cuda_index)
-    budgets = [g.memory_total - DEFAULT_MARGIN_MIB * MIB for g in gpus]
-    for mode in MODES:
-        base = plan(facts, model, cache=mode, chunk_size=CHUNK)
-        cap = base.max_seq_len_by_cache_mode[mode]
-        rows["without draft"][mode] = cap
-        ctx, dplan = with_draft(facts, model, draft, mode, cap)
-        rows["with 0.5B draft"][mode] = ctx
-        held[mode] = dplan.persistent_by_position(2)[0] if dplan else 0
-        rows["tensor parallel"][mode] = tp.max_tp_seq_len(
-            model,
-            budgets,
-            [reserve_bytes()] * 2,
-            cache_mode=mode,
-            max_input_len=CHUNK,
-            cap=model.max_position_embeddings,
-        )
+    draft = f"qwen2.5-0.5b@{args.draft_bpw:g}bpw"
+    base = [MODEL, "--gpu", "3090x2"]
+    with tempfile.TemporaryDirectory() as tmp:
+        lora = write_lora(Path(tmp), args.lora_rank)
+        variants = {
+            "without draft": [],
+            f"with {draft} draft": ["--draft", draft],
+            "tensor parallel": ["--tensor-parallel"],
+            "tensor parallel + draft": ["--tensor-parallel", "--draft", draft],
+            f"rank-{args.lora_rank} LoRA": ["--lora", str(lora)],
+            "without draft, chunk 2048": ["--chunk-size", "2048"],
+            "with draft, chunk 2048": ["--draft", draft, "--chunk-size", "2048"],
+        }
+        docs: dict[str, dict[str, dict]] = {name: {} for name in variants}
+        seconds: dict[str, float] = {}
+        for name, extra in variants.items():
+            started = time.perf_counter()
+            for mode in MODES:
+                docs[name][mode] = plan_json(*base, *extra, "--cache", mode)
+            seconds[name] = (time.perf_counter() - started) / len(MODES)
+    print(f"{MODEL} on 2x RTX 3090 (24 GiB), what-if stack (flash-attn 2.7.4.post1), `plan --cache MODE`")
     print()
-    print("| | " + " | ".join(MODES) + " |")
-    print("|---|" + "---:|" * len(MODES))
-    for name, row in rows.items():
-        print(f"| {name} | " + " | ".join(f"{row[m]:,}" for m in MODES) + " |")
-    print("| draft bytes on GPU 0 (MiB) | " + " | ".join(f"{held[m] / MIB:,.0f}" for m in MODES) + " |")
-    print(
-        "| context lost to the draft | "
-        + " | ".join(f"{rows['without draft'][m] - rows['with 0.5B draft'][m]:,}" for m in MODES)
-        + " |"
-    )
+    print("| | " + " | ".join(MODES) + " | s/plan |")
+    print("|---|" + "---:|" * (len(MODES) + 1))
+
+    def ctx(doc: dict) -> str:
+        return f"{doc['settings']['max_seq_len']:,}" if doc["_exit"] == 0 else "does not fit"
+
+    for name, by_mode in docs.items():
+        print(f"| {name} | " + " | ".join(ctx(by_mode[m]) for m in MODES) + f" | {seconds[name]:.2f} |")
+    plain, with_draft = docs["without draft"], docs[f"with {draft} draft"]
+
+    def lost(a: dict, b: dict) -> str:
+        return " | ".join(
+            f"{a[m]['settings']['max_seq_len'] - b[m]['settings']['max_seq_len']:,}" for m in MODES)
+
+    print(f"| context lost to the draft | {lost(plain, with_draft)} | |")
+    print("| context lost to the draft, chunk 2048 both | "
+          f"{lost(docs['without draft, chunk 2048'], docs['with draft, chunk 2048'])} | |")
+    held = []
+    for m in MODES:
+        row = with_draft[m]["memory"][0]["parts"]
+        held.append(sum(v for k, v in row.items() if k.startswith("draft_")))
+    print("| draft bytes on GPU 0 (MiB) | " + " | ".join(f"{h / MIB:,.0f}" for h in held) + " | |")
+    lora_doc = docs[f"rank-{args.lora_rank} LoRA"]
+    lora_mib = [sum(r["parts"].get("lora", 0) for r in lora_doc[m]["memory"]) / MIB for m in MODES]
+    print("| LoRA bytes, both GPUs (MiB) | " + " | ".join(f"{x:,.0f}" for x in lora_mib) + " | |")
     print()
-    for mode in MODES:
-        ctx = rows["with 0.5B draft"][mode]
-        for f in dr.judge_draft(model, draft, cache_size=ctx, cache_mode=mode, draft_cache_mode=mode):
-            print(f"{mode} at {ctx:,}: [{f.code}] {f.message}")
+    print("chunk size chosen (max_input_len): " + "; ".join(
+        f"{name}: " + ", ".join(f"{m} {by_mode[m]['settings']['max_input_len']}" for m in MODES
+                                if by_mode[m]["_exit"] == 0) for name, by_mode in docs.items()))
+    doc = with_draft["Q4"]
+    print()
+    for w in doc["warnings"]:
+        if w["code"].startswith("draft."):
+            print(f"Q4 with the draft: [{w['code']}] {w['message']}")
+    for r in doc["reasons"]:
+        if r["decision"].startswith("draft"):
+            print(f"Q4 with the draft: {r['decision']} = {r['choice']} [{r['code']}]")
 
 
 if __name__ == "__main__":

@@ -35,6 +35,13 @@ ERROR_CODES: dict[str, str] = {
     "error.no_candidate": "no branch of a Hub repo holds an EXL2 model that can be planned",
     "error.adapter": "a LoRA adapter directory cannot be read (no adapter_config.json, no weights, a bad "
     "rank)",
+    "error.refused": "what loads beside the model cannot work with it (see the more precise codes below)",
+    "error.draft_refused": "a draft model that cannot draft for this model (another vocabulary, not "
+    "smaller, a cache that cannot match)",
+    "error.tp_refused": "tensor parallelism cannot run this model here (one GPU, an architecture or "
+    "attention backend exllamav2's TP path does not support, adapters)",
+    "error.lora_refused": "a LoRA adapter ExLlamaV2Lora cannot load on this model (another base model, DoRA, "
+    "unsupported targets or dtypes)",
     "error.profile": "a profile file does not parse or fails validation",
     "error.settings": "a settings value exllamav2 cannot run",
     "error.facts": "a facts document (detect --json) does not parse or has another schema",
@@ -139,6 +146,29 @@ class NoCandidateError(ExlxError):
 
     exit_code = EXIT_NEGATIVE
     code = "error.no_candidate"
+
+
+class RefusedError(UsageError):
+    """What loads beside the model cannot work with it; the message carries the coded finding's text and
+    `findings` the findings themselves (`code` tells draft, tensor parallelism and adapters apart)."""
+
+    code = "error.refused"
+
+    def __init__(self, message: str, findings: list[Any] | None = None, *, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.findings = list(findings or [])
+
+
+class DraftRefusedError(RefusedError):
+    code = "error.draft_refused"
+
+
+class TensorParallelRefusedError(RefusedError):
+    code = "error.tp_refused"
+
+
+class LoraRefusedError(RefusedError):
+    code = "error.lora_refused"
 
 
 class ProfileError(InputError):

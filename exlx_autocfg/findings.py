@@ -181,6 +181,10 @@ CODES: dict[str, str] = {
     "check.backend.ok": "the planned backend gives correct output",
     "check.exl3.rocm": "EXL2 is right: ExLlamaV3 has no ROCm support",
     "check.exl3.old_gpu": "EXL2 is right: a GPU is below ExLlamaV3's minimum compute capability",
+    "check.draft.ok": "the draft model reads as a model exllamav2 loads (and can draft for --model)",
+    "check.draft.unreadable": "the draft model does not read as a model exllamav2 loads",
+    "check.lora.ok": "the LoRA adapter loads with ExLlamaV2Lora (on --model when given)",
+    "check.lora.unreadable": "the LoRA adapter directory does not read (no adapter_config.json, no weights)",
     # ------------------------------------------------------- quant choice (plan hf:ORG/REPO)
     "candidates.planned": "an EXL2 branch of a Hub repo, planned",
     "candidates.does_not_fit": "an EXL2 branch that fits at no context on these GPUs",
@@ -217,6 +221,9 @@ CODES: dict[str, str] = {
     "tp.not_worth.does_not_fit": "the model and cache do not fit under tensor parallelism",
     "tp.not_worth.fits_one_gpu": "the model fits on one GPU, which needs no per-layer broadcasts",
     "tp.not_worth.mixed_gpus": "the GPUs differ: every TP layer waits for the slowest",
+    "tp.split": "how load_tp splits KV heads, MLP columns and the vocabulary over the GPUs",
+    "tp.estimated": "the TP transients and load-time peak are estimates (the split, weights, scratch "
+    "and cache are exact)",
     # ---------------------------------------------------------------------- draft models (planner/draft)
     "draft.larger_than_model": "the draft model is not smaller than the model it drafts for",
     "draft.vocab_larger": "the draft's vocabulary is larger than the model's: drafted ids can index past "
@@ -230,6 +237,11 @@ CODES: dict[str, str] = {
     "draft.context_beyond_trained": "max_seq_len exceeds the draft's trained context",
     "draft.lora_not_applied": "LoRAs apply to the model only; the draft predicts the base model",
     "draft.placed": "where the draft's weights, cache and scratch go, GPU by GPU",
+    "draft.cache.follows_model": "the draft's cache mode is the one the planner chose for the model's cache",
+    "draft.cache.forced": "the draft's cache mode was forced by --draft-cache",
+    "draft.rope.native": "the context is within the draft's trained length: no RoPE scaling for the draft",
+    "draft.rope.alpha": "the context exceeds the draft's trained length: the draft gets NTK RoPE "
+    "alpha scaling",
     # ------------------------------------------------------------------------- LoRA adapters (planner/lora)
     "lora.fan_in_fan_out": "the adapter is fan_in_fan_out, which ExLlamaV2Lora refuses",
     "lora.peft_type": "the adapter is not a LoRA (peft_type)",
@@ -245,6 +257,9 @@ CODES: dict[str, str] = {
     "lora.bias": "the adapter stores biases, which exllamav2 accepts only when all zero",
     "lora.scale_negative": "a negative LoRA scale (TabbyAPI refuses it)",
     "lora.base_model_differs": "the adapter names another base model than the one planned",
+    "lora.placed": "the adapters' tensors, each on the GPU of the module it attaches to",
+    "lora.not_in_one_dir": "the adapters live in different folders; TabbyAPI reads them all from "
+    "one lora_dir",
     # --------------------------------------------------------------------------------- staleness
     "stale.model.gone": "the model directory no longer exists",
     "stale.model.other": "the profile was computed for another model directory",
@@ -256,6 +271,10 @@ CODES: dict[str, str] = {
     "stale.gpu.vram": "a GPU's total VRAM changed",
     "stale.gpu.cuda_order": "a GPU moved in CUDA's device order",
     "stale.gpu.new": "a GPU is present that the profile was computed without",
+    "stale.draft.gone": "the draft model's directory no longer exists",
+    "stale.draft.changed": "the draft model's config.json or safetensors headers changed",
+    "stale.lora.gone": "a LoRA adapter's directory or files no longer exist",
+    "stale.lora.changed": "a LoRA adapter's adapter_config.json or safetensors header changed",
     "stale.library.removed": "a tracked library was removed",
     "stale.library.installed": "a tracked library was installed",
     "stale.library.version": "a tracked library was upgraded or downgraded",

@@ -14,14 +14,24 @@ T = TypeVar("T")
 
 
 def to_data(obj: Any) -> Any:
-    """A dataclass tree as JSON-ready data (tuples become lists)."""
+    """A dataclass tree as JSON-ready data (tuples become lists). A field whose metadata has
+    `omit_default` is left out while it holds its default (optional parts of a record)."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_data(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.name: to_data(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not (f.metadata.get("omit_default") and _is_default(f, getattr(obj, f.name)))}
     if isinstance(obj, (list, tuple)):
         return [to_data(v) for v in obj]
     if isinstance(obj, dict):
         return {str(k): to_data(v) for k, v in obj.items()}
     return obj
+
+
+def _is_default(f: dataclasses.Field, value: Any) -> bool:
+    if f.default is not dataclasses.MISSING:
+        return bool(value == f.default)
+    if f.default_factory is not dataclasses.MISSING:
+        return bool(value == f.default_factory())
+    return False
 
 
 def from_data(cls: type[T], data: Any) -> T:

@@ -28,6 +28,44 @@ class SettingsError(InputError):
         self.problem = message
 
 
+# Fields of the settings record that exist only when something loads beside the model: they are left out of
+# its data (plan --json, the profile) while at their defaults, so a plain plan's record is what it was.
+BESIDE = {"omit_default": True}
+
+
+@dataclass
+class DraftSettings:
+    """The draft model for speculative decoding, as TabbyAPI's `draft_model:` and the loader apply it. Its
+    max_seq_len, max_input_len and max_attention_size are always the model's (TabbyAPI sets them so, and
+    exllamav2's dynamic generator asserts the draft's is not shorter)."""
+
+    name: str  # the draft's folder name (TabbyAPI draft_model_name), or its catalog / Hub reference
+    cache_mode: str  # one of exl2.CACHE_MODES; its own cache class
+    path: str | None = None  # the draft's directory (None for a catalog or Hub draft: not loadable as is)
+    gpu_split: list[float] | None = None  # GB per GPU for its set_device_map (TabbyAPI draft_gpu_split)
+    autosplit: bool = False  # load_autosplit on the GPUs in order, first (TabbyAPI: draft_gpu_split empty)
+    rope_scale: float = 1.0  # ExLlamaV2Config.scale_pos_emb (TabbyAPI draft_rope_scale)
+    rope_alpha: float = 1.0  # ExLlamaV2Config.scale_alpha_value (TabbyAPI draft_rope_alpha)
+
+    @property
+    def cache_class(self) -> str:
+        return exl2.CACHE_CLASS[self.cache_mode]
+
+
+@dataclass
+class LoraSettings:
+    """One LoRA adapter, as `ExLlamaV2Lora.from_directory(model, path, scale)` and TabbyAPI's `lora:`
+    load it."""
+
+    path: str  # the adapter directory (adapter_config.json + adapter_model.safetensors)
+    scale: float = 1.0  # TabbyAPI `scaling`
+    name: str = ""  # the folder name (TabbyAPI `loras[].name`); default: the last part of path
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            self.name = self.path.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1]
+
+
 @dataclass
 class Settings:
     """What the loader applies: ExLlamaV2Config fields, the cache class, the split and the generator mode."""
@@ -45,6 +83,10 @@ class Settings:
     gpu_split: list[float] | None = None  # GB per GPU in CUDA order (exllamav2's manual split)
     autosplit: bool = False
     reserve_bytes: list[int] = field(default_factory=list)  # autosplit reserve_vram per CUDA device
+    # What loads beside the model (issue 12); absent from the data while unset.
+    tensor_parallel: bool = field(default=False, metadata=BESIDE)  # load_tp(gpu_split) + ExLlamaV2Cache_TP
+    draft: DraftSettings | None = field(default=None, metadata=BESIDE)  # loaded first
+    loras: list[LoraSettings] = field(default_factory=list, metadata=BESIDE)  # applied after the model
 
     @property
     def switches(self) -> dict[str, bool]:
@@ -117,3 +159,39 @@ def validate_settings(s: Settings) -> None:
     for i, b in enumerate(s.reserve_bytes):
         if b < 0:
             _bad(f"reserve_bytes[{i}]", f"must not be negative, got {b}")
+    if s.tensor_parallel:
+        if s.autosplit:
+            _bad("tensor_parallel", "cannot be combined with autosplit = true (load_tp splits by its "
+                                    "own rule)")
+        if s.gpu_split is None or sum(1 for gb in s.gpu_split if gb > 0) < 2:
+            _bad("tensor_parallel", "needs a gpu_split over two or more GPUs (load_tp splits heads and "
+                                    "columns "
+                 "in proportion to it)")
+        if s.loras:
+            _bad("tensor_parallel", "exllamav2's tensor-parallel forward never applies LoRAs; remove loras")
+    if s.draft is not None:
+        _validate_draft(s.draft)
+    for i, lora in enumerate(s.loras):
+        if not lora.path:
+            _bad(f"loras[{i}].path", "must name the adapter directory")
+        if not math.isfinite(lora.scale) or lora.scale < 0:
+            _bad(f"loras[{i}].scale", f"must be a finite number >= 0 (TabbyAPI scaling), got {lora.scale}")
+
+
+def _validate_draft(d: DraftSettings) -> None:
+    if not d.name:
+        _bad("draft.name", "must name the draft model")
+    if d.cache_mode not in exl2.CACHE_MODES:
+        _bad("draft.cache_mode", f"{d.cache_mode!r} is not one of {', '.join(exl2.CACHE_MODES)}")
+    if d.gpu_split is not None:
+        if d.autosplit:
+            _bad("draft.gpu_split", "cannot be combined with draft.autosplit = true")
+        if not d.gpu_split or not any(gb > 0 for gb in d.gpu_split):
+            _bad("draft.gpu_split", "must give at least one GPU some GB (or be removed)")
+        for i, gb in enumerate(d.gpu_split):
+            if not math.isfinite(gb) or gb < 0:
+                _bad(f"draft.gpu_split[{i}]", f"must be a finite number >= 0, got {gb}")
+    for key in ("rope_scale", "rope_alpha"):
+        value = getattr(d, key)
+        if not math.isfinite(value) or value <= 0:
+            _bad(f"draft.{key}", f"must be a positive number, got {value}")

@@ -29,6 +29,7 @@ from exlx_autocfg.cli import run
 from exlx_autocfg.errors import ERROR_CODES
 from exlx_autocfg.model.safetensors import write_header_only
 from exlx_autocfg.profile.format import profile_from_plan, write_profile
+from tests.support.adapters import make_adapter
 from tests.support.emit_samples import turing_plan
 from tests.support.model_dirs import make_model_dir
 from tests.support.profile_samples import facts, gpu_2080ti
@@ -159,6 +160,29 @@ def _keep_first(weight_map: dict, n: int) -> None:
 def _swap_first_shard(weight_map: dict) -> None:
     first = next(iter(weight_map))
     weight_map[first] = "output-00002-of-00002.safetensors"
+
+
+def tiny(rel: str, arch: str = "tiny-llama", **overrides) -> Callable[[Path], None]:
+    """Another sparse model directory in the workspace (a draft, a model of another shape)."""
+    def make(ws: Path) -> None:
+        make_model_dir(ws, arch, name=rel, **overrides)
+    return make
+
+
+def adapter(rel: str, base: str, **kw) -> Callable[[Path], None]:
+    """A LoRA adapter directory for the model in `base` (relative to the workspace)."""
+    def make(ws: Path) -> None:
+        target = ws / rel
+        make_adapter(target.parent, ws / base, name=target.name, **kw)
+    return make
+
+
+def tokenizer(rel: str, vocab: dict[str, int]) -> Callable[[Path], None]:
+    """A tokenizer.json (BPE) in a model directory, enough for the tokenizer comparison."""
+    def make(ws: Path) -> None:
+        doc = {"model": {"type": "BPE", "vocab": vocab, "merges": []}, "added_tokens": []}
+        (ws / rel / "tokenizer.json").write_text(json.dumps(doc))
+    return make
 
 
 def _clear(path: Path) -> None:
@@ -368,6 +392,52 @@ CASES = [
     Case("emit-json-bad-shell", ["emit", "--format=json", "{ws}/p.toml", "--shell", "zsh"], 2, "--shell zsh"),
     Case("no-such-command", ["frobnicate"], 2, "no such command 'frobnicate'"),
     Case("no-such-option-json", ["plan", "llama3-8b", "--frob", "--json"], 2, "plan: no such option: --frob"),
+    # ------------------------------------------------------------ what loads beside the model (issue 12)
+    Case("draft-vocab-differs", [*PLAN, "{ws}/model", "--draft", "{ws}/draft"], 2,
+         "vocabulary differs from the model's",
+         [tiny("draft", num_hidden_layers=1), tokenizer("model", {"a": 0, "b": 1}),
+          tokenizer("draft", {"a": 0, "c": 1})]),
+    Case("draft-vocab-larger", [*PLAN, "{ws}/model", "--draft", "{ws}/draft"], 2,
+         "draft vocabulary 2048 > model vocabulary 1024",
+         [tiny("draft", num_hidden_layers=1, vocab_size=2048)]),
+    Case("draft-larger-than-model", [*PLAN, "{ws}/draft", "--draft", "{ws}/model"], 2,
+         "is not smaller than", [tiny("draft", num_hidden_layers=1)]),
+    Case("draft-larger-json", [*PLAN, "{ws}/draft", "--draft", "{ws}/model", "--json"], 2,
+         "is not smaller than", [tiny("draft", num_hidden_layers=1)]),
+    Case("draft-missing", [*PLAN, "{ws}/model", "--draft", "{ws}/nope"], 2, "no such directory"),
+    Case("draft-config-fifo", [*PLAN, "{ws}/model", "--draft", "{ws}/draft"], 2, "config.json: is a FIFO",
+         [tiny("draft", num_hidden_layers=1), fifo("draft/config.json")]),
+    Case("draft-cache-alone", [*PLAN, "{ws}/model", "--draft-cache", "Q4"], 2,
+         "--draft-cache Q4: applies only with --draft"),
+    Case("draft-cache-unknown", [*PLAN, "{ws}/model", "--draft", "{ws}/draft", "--draft-cache", "Q5"], 2,
+         "--draft-cache Q5: choose one of", [tiny("draft", num_hidden_layers=1)]),
+    Case("profile-draft-refused", ["profile", "{ws}/draft", "--gpu", "3090", "--draft", "{ws}/model", "--out",
+                                   "{ws}/new.toml"], 2, "is not smaller than",
+         [tiny("draft", num_hidden_layers=1)]),
+    Case("lora-other-model", [*PLAN, "{ws}/model", "--lora", "{ws}/loras/wide"], 2,
+         "(an adapter for another base model?)",
+         [tiny("wide", hidden_size=512, intermediate_size=1024), adapter("loras/wide", "wide", r=4)]),
+    Case("lora-other-architecture", [*PLAN, "{ws}/gemma", "--lora", "{ws}/loras/g"], 2,
+         "exllamav2 has no LoRA support for Gemma2ForCausalLM",
+         [tiny("gemma", "tiny-gemma2"), adapter("loras/g", "gemma", r=4, modules=("q_proj",))]),
+    Case("lora-no-adapter-config", [*PLAN, "{ws}/model", "--lora", "{ws}/loras/x"], 2,
+         "no adapter_config.json (not a PEFT LoRA adapter directory)",
+         [adapter("loras/x", "model", r=4), remove("loras/x/adapter_config.json")]),
+    Case("lora-config-json-emit",
+         ["emit", "-f", "json", "{ws}/model", "--gpu", "3090", "--lora", "{ws}/loras/x"], 2,
+         "no adapter_config.json", [adapter("loras/x", "model", r=4), remove("loras/x/adapter_config.json")]),
+    Case("lora-missing", [*PLAN, "{ws}/model", "--lora", "{ws}/loras/none"], 2, "no such adapter directory"),
+    Case("lora-negative-scale", [*PLAN, "{ws}/model", "--lora", "{ws}/loras/x:-1"], 2,
+         "scale -1 must be a finite number >= 0", [adapter("loras/x", "model", r=4)]),
+    Case("tp-one-gpu", [*PLAN, "llama3-8b", "--tensor-parallel"], 2,
+         "--tensor-parallel needs two or more GPUs; 1 given"),
+    Case("tp-one-gpu-json", [*PLAN, "llama3-8b", "--tensor-parallel", "--json"], 2, "two or more GPUs"),
+    Case("tp-with-lora",
+         ["plan", "--gpu", "3090x2", "{ws}/model", "--tensor-parallel", "--lora", "{ws}/loras/x"],
+         2, "exllamav2's TP forward never applies LoRAs", [adapter("loras/x", "model", r=4)]),
+    Case("emit-profile-draft-option", [*EMIT_TG, "--draft", "x"], 2, "--draft applies only to a MODEL"),
+    Case("emit-profile-tp-option", [*EMIT_TG, "--tensor-parallel"], 2, "--tensor-parallel applies only "
+                                                                       "to a MODEL"),
     # ------------------------------------------------------------------------------ output targets
     Case("out-fifo", [*EMIT_TG, "--out", "{ws}/out.yaml"], 2, "out.yaml: is a FIFO (named pipe); refusing",
          [fifo("out.yaml")]),

@@ -129,8 +129,10 @@ def run_checks(
     import_result: ImportResult | None = None,
     require: Iterable[str] = (),
     skip: Iterable[str] = (),
+    extra: Iterable[Verdict] = (),
 ) -> CheckReport:
-    """All verdicts for these facts. Pure: the child import, if any, was run before and is passed in."""
+    """All verdicts for these facts. Pure: the child import, if any, was run before and is passed in;
+    `extra`: verdicts drawn elsewhere (the draft and adapters named with --draft / --lora), appended."""
     m = Machine(facts)
     requirements = parse_requirements(require)
     skipping = _check_skip(skip)
@@ -155,6 +157,7 @@ def run_checks(
             prescribed.update(verdict.switches)
         verdicts.append(verdict)
     verdicts += _required_verdicts(m, requirements)
+    verdicts += list(extra)
     return CheckReport(
         verdicts=verdicts, python=facts.python.executable, what_if=facts.what_if, tool_version=_tool_version()
     )
@@ -196,6 +199,9 @@ def check(
     timeout: float = 60.0,
     import_timeout: float = 60.0,
     import_test: bool = True,
+    model: str | None = None,
+    draft: str | None = None,
+    loras: Iterable[str] = (),
 ) -> CheckReport:
     """Probe the interpreter `python` (default: this one) once and return every verdict.
 
@@ -203,8 +209,11 @@ def check(
     found; with `assume`, the child import is not run (the assumed libraries are not installed).
     `facts`: reuse facts from an earlier `detect()` instead of probing again.
     `import_test`: run the child `import exllamav2` (off for facts recorded elsewhere).
-    Raises UsageError / OptionError (a bad --require, --skip, --gpu, --assume, timeout), ProbeError (the
-    interpreter cannot run the probe); a failing check is a verdict, never an exception.
+    `draft` / `loras`: a draft model and LoRA adapter directories to check (one verdict each: will they
+    load?), against `model` (a model directory or catalog reference) when given.
+    Raises UsageError / OptionError (a bad --require, --skip, --gpu, --assume, timeout), ModelSpecError (an
+    unreadable --model), ProbeError (the interpreter cannot run the probe); a failing check is a verdict,
+    never an exception.
     """
     from exlx_autocfg.options import check_kind, seconds
 
@@ -224,6 +233,20 @@ def check(
             parse_gpu_option(spec)
         for spec in assume or []:
             parse_assume(spec)
+    check_kind("model", model, str)
+    check_kind("draft", draft, str)
+    loras = list(loras)
+    for lora in loras:
+        check_kind("lora", lora, str, optional=False)
+    if model is not None and draft is None and not loras:
+        raise OptionError("model", model, "applies only with --draft or --lora (the model they load beside)")
+    extra: list[Verdict] = []
+    if draft is not None or loras:  # bad input first, before any probing
+        from exlx_autocfg.checks.companions import companion_verdicts
+        from exlx_autocfg.model.load import load_model_spec
+
+        spec = load_model_spec(model) if model is not None else None
+        extra = companion_verdicts(spec, draft, loras)
     if facts is None:
         from exlx_autocfg.facts.detect import detect
 
@@ -239,7 +262,7 @@ def check(
             result = try_import(facts.python.executable or python, switches, timeout=import_timeout)
         elif facts.lib("exllamav2").installed:
             result = ImportResult(attempted=False, not_tried=not_tried)
-    report = run_checks(facts, result, require=requirements, skip=skipping)
+    report = run_checks(facts, result, require=requirements, skip=skipping, extra=extra)
     report.seconds = round(time.monotonic() - started, 3)
     return report
 

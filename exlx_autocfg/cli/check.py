@@ -51,6 +51,21 @@ def check(
     timeout: Annotated[
         float, typer.Option("--timeout", help="Seconds allowed for the probe and for the import.")
     ] = 60.0,
+    draft: Annotated[
+        str | None,
+        typer.Option("--draft", help="Also check that this draft model loads (and, with --model, can draft "
+                     "for it).", show_default=False),
+    ] = None,
+    lora: Annotated[
+        list[str] | None,
+        typer.Option("--lora", help="Also check that this LoRA adapter directory (DIR[:SCALE]) loads with "
+                     "ExLlamaV2Lora (with --model: on that model); repeatable.", show_default=False),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="The model --draft and --lora load beside (directory or catalog "
+                     "reference).", show_default=False),
+    ] = None,
 ) -> int:
     """Check that this Python environment can run ExLlamaV2 on these GPUs: verdicts, reasons and fixes."""
     from exlx_autocfg.checks import check as run_check
@@ -67,6 +82,9 @@ def check(
         import_timeout=timeout,
         facts=facts,
         import_test=facts is None,
+        model=model,
+        draft=draft,
+        loras=lora or (),
     )
     typer.echo(report.to_json() if json_out else render_text(report, strict=strict))
     return report.exit_code(strict)

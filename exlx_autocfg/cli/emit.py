@@ -29,10 +29,14 @@ from exlx_autocfg.cli.planopts import (
     CacheOpt,
     ChunkOpt,
     ContextOpt,
+    DraftCacheOpt,
+    DraftOpt,
     GpuOpt,
+    LoraOpt,
     MarginOpt,
     MinCacheOpt,
     PythonOpt,
+    TensorParallelOpt,
 )
 from exlx_autocfg.errors import OptionError, UsageError
 
@@ -109,6 +113,10 @@ def emit(
     chunk_size: ChunkOpt = None,
     bpw: BpwOpt = None,
     python: PythonOpt = None,
+    draft: DraftOpt = None,
+    draft_cache: DraftCacheOpt = None,
+    tensor_parallel: TensorParallelOpt = False,
+    lora: LoraOpt = None,
 ) -> int:
     """Write a plan as TabbyAPI / text-generation-webui config, exllamav2 script flags, shell env or JSON."""
     from exlx_autocfg.emitters import FORMATS, check_options
@@ -132,7 +140,10 @@ def emit(
                                           ("--chunk-size", chunk_size), ("--bpw", bpw), ("--python", python),
                                           ("--budget", budget != "total"),
                                           ("--margin-mib", margin_mib != DEFAULT_MARGIN_MIB),
-                                          ("--batch-size", batch_size != 1)) if value]
+                                          ("--batch-size", batch_size != 1), ("--draft", draft),
+                                          ("--draft-cache", draft_cache),
+                                          ("--tensor-parallel", tensor_parallel), ("--lora", lora))
+                 if value]
         if given:
             verb = "applies" if len(given) == 1 else "apply"
             raise UsageError(f"{source} is a profile: {', '.join(given)} {verb} only to a MODEL "
@@ -146,16 +157,19 @@ def emit(
             check_plan_options,
             facts_from_options,
             plan_from_options,
+            preload_companions,
             preload_model,
         )
 
         check_plan_options(gpu=gpu, python=python)
         spec = preload_model(source, bpw)  # bad model input fails before any probing
+        beside = preload_companions(draft=draft, draft_cache=draft_cache, tensor_parallel=tensor_parallel,
+                                    loras=lora)
         facts = facts_from_options(gpu=gpu, assume=assume, python=python)
         emit_source = plan_from_options(spec, facts=facts, context=context, cache=cache, backend=backend,
                                         min_cache_precision=min_cache_precision, budget=budget,
                                         margin_mib=margin_mib, batch_size=batch_size, chunk_size=chunk_size,
-                                        bpw=bpw)
+                                        bpw=bpw, **beside)
         machine_gpus = len(facts.gpu.gpus)
 
     result = render(emit_source, fmt, shell=shell, script=script, include_plan=not _is_profile(source),
@@ -165,7 +179,9 @@ def emit(
     if out is None:
         sys.stdout.write(result.text)
     else:
-        _write(result, _target_path(out, fmt, shell))
+        from exlx_autocfg.emitters.source import as_input
+
+        _write(result, _target_path(out, fmt, shell), as_input(emit_source, machine_gpus))
     return 0
 
 
@@ -176,7 +192,7 @@ def _check_target(target: Path) -> None:
     output_target(target)
 
 
-def _write(result: Emitted, target: Path) -> None:
+def _write(result: Emitted, target: Path, source_input: object = None) -> None:
     """Write (YAML: merge) into `target` under its directory's lock; see `exlx_autocfg.atomic` for what
     a target may be (symlinks are written through, /dev/stdout and /dev/null plainly, other devices,
     FIFOs and sockets refused)."""
@@ -187,12 +203,24 @@ def _write(result: Emitted, target: Path) -> None:
         old = out.old_text()
         if result.merge_section is not None:
             values = dict(result.merge_values or {})
+            more = [(section, dict(v)) for section, v in result.more_sections]
             if result.format == "tabbyapi":
                 from exlx_autocfg.emitters.tabbyapi import keep_model_dir
 
                 values = keep_model_dir(values, old, out.target.path.parent)
+            if result.format in ("tabbyapi", "tabbyapi-model"):
+                from exlx_autocfg.emitters.tabbyapi import clear_unplanned
+
+                # A draft or adapters an earlier emit (or a hand edit) left would load beside this plan.
+                cleared = clear_unplanned(source_input, old, per_model=result.format == "tabbyapi-model")
+                more += [((name,), v) for name, v in cleared.items()]
             text = merge_yaml(old, result.merge_section, values, result.header, source=str(target))
+            for section, extra in more:
+                text = merge_yaml(text, section, extra, result.header, source=str(target))
             what = f"{len(values)} keys under {'.'.join(result.merge_section)!r} in "
+            if more:
+                what = (f"{len(values)} keys under {'.'.join(result.merge_section)!r}, "
+                        + ", ".join(f"{len(v)} under {'.'.join(s)!r}" for s, v in more) + " in ")
         else:
             text = result.file_text or result.text
             if result.block_merge:

@@ -19,11 +19,15 @@ from exlx_autocfg.cli.planopts import (
     CacheOpt,
     ChunkOpt,
     ContextOpt,
+    DraftCacheOpt,
+    DraftOpt,
     GpuOpt,
+    LoraOpt,
     MarginOpt,
     MinCacheOpt,
     ModelArg,
     PythonOpt,
+    TensorParallelOpt,
     choice_from_options,
 )
 
@@ -54,6 +58,10 @@ def plan_command(
     chunk_size: ChunkOpt = None,
     bpw: BpwOpt = None,
     python: PythonOpt = None,
+    draft: DraftOpt = None,
+    draft_cache: DraftCacheOpt = None,
+    tensor_parallel: TensorParallelOpt = False,
+    lora: LoraOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the plan as one JSON document.")] = False,
     list_gpus: Annotated[
         bool,
@@ -64,6 +72,10 @@ def plan_command(
 ) -> None:
     """Plan the best ExLlamaV2 settings for MODEL on this machine (or a what-if machine), with reasons.
     For hf:ORG/REPO without a revision: the quant table of its EXL2 branches, then the best one's plan."""
+    from exlx_autocfg.cli.planopts import preload_companions
+
+    beside = preload_companions(draft=draft, draft_cache=draft_cache, tensor_parallel=tensor_parallel,
+                                loras=lora)
     plan, hub_choice = choice_from_options(
         model,
         gpu=gpu,
@@ -79,6 +91,7 @@ def plan_command(
         bpw=bpw,
         python=python,
         progress=False if json_out else None,
+        **beside,
     )
     if json_out:
         doc = plan.to_dict() | (hub_choice.json_extra() if hub_choice else {})

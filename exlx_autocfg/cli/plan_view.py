@@ -78,6 +78,8 @@ def plan_renderable(plan: Plan) -> Group:
     if flags:
         head.append(f", {' '.join(flags)}")
     head.append(f", paged {str(s.paged).lower()}\n")
+    for line in beside_lines(plan):
+        head.append(line + "\n")
 
     decisions = Table(title="Decisions", title_justify="left", show_lines=False, expand=False)
     decisions.add_column("decision", style="bold", no_wrap=True)
@@ -115,6 +117,9 @@ def plan_renderable(plan: Plan) -> Group:
         bars.append(f"  {_mib(row.total_bytes)} planned of {_mib(row.budget_bytes)} budget{layers}\n  ")
         bars.append_text(vram_bar(row, total))
         bars.append("\n  " + "  ".join(f"{name} {_mib(seg[name])}" for name, _, _ in SEGMENTS) + "\n")
+        held = beside_bytes(row)
+        if held:
+            bars.append("  of which " + ", ".join(f"{k} {_mib(v)}" for k, v in held.items()) + "\n")
     legend = Text("bar: ")
     for name, glyph, style in SEGMENTS:
         legend.append(glyph, style=style)
@@ -127,6 +132,28 @@ def plan_renderable(plan: Plan) -> Group:
             warn.append(w.message + "\n")
         items.append(warn)
     return Group(*items)
+
+
+def beside_lines(plan: Plan) -> list[str]:
+    """What loads beside the model, one line each (the decisions table has the why)."""
+    s, out = plan.settings, []
+    if s.tensor_parallel:
+        out.append(f"Tensor parallel: load_tp(gpu_split {s.gpu_split}), ExLlamaV2Cache_TP")
+    if s.draft is not None:
+        d = s.draft
+        load = f"draft_gpu_split {d.gpu_split}" if d.gpu_split else "autosplit"
+        out.append(f"Draft: {d.name}, cache {d.cache_mode}, {load}, rope alpha {d.rope_alpha:g}, "
+                   "loaded first")
+    if s.loras:
+        out.append("LoRA: " + ", ".join(f"{x.name} (scale {x.scale:g})" for x in s.loras))
+    return out
+
+
+def beside_bytes(row: DeviceMemory) -> dict[str, int]:
+    """The bytes of the draft and the adapters in a GPU's figures."""
+    draft = sum(v for k, v in row.parts.items() if k.startswith("draft_"))
+    lora = row.parts.get("lora", 0) + row.parts.get("lora_transient", 0)
+    return {k: v for k, v in (("draft", draft), ("LoRA", lora)) if v}
 
 
 def print_plan(plan: Plan, console: Console | None = None) -> None:

@@ -40,11 +40,15 @@ __all__ = [
     "CacheOpt",
     "ChunkOpt",
     "ContextOpt",
+    "DraftCacheOpt",
+    "DraftOpt",
     "GpuOpt",
+    "LoraOpt",
     "MarginOpt",
     "MinCacheOpt",
     "ModelArg",
     "PythonOpt",
+    "TensorParallelOpt",
     "check_plan_options",
     "facts_from_options",
     "plan_from_options",
@@ -127,6 +131,40 @@ BpwOpt = Annotated[
         "--bpw", help="Bits per weight for a catalog model (same as MODEL@BPW).", show_default=False
     ),
 ]
+DraftOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--draft",
+        help="A draft model for speculative decoding (directory, catalog reference or hf:ORG/REPO@REV), "
+        "loaded first as TabbyAPI does; the context is solved with its weights and cache in place.",
+        show_default=False,
+    ),
+]
+DraftCacheOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--draft-cache",
+        help="Force the draft's cache mode: FP16, Q8, Q6 or Q4 (default: the mode chosen for the model).",
+        show_default=False,
+    ),
+]
+TensorParallelOpt = Annotated[
+    bool,
+    typer.Option(
+        "--tensor-parallel",
+        help="Plan exllamav2's tensor-parallel load (load_tp) over the GPUs; refused with the reasons when "
+        "its TP path cannot run the model here.",
+    ),
+]
+LoraOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--lora",
+        help="A LoRA adapter directory, DIR[:SCALE] (scale default 1.0), applied after the model; "
+        "repeatable. Its tensors are planned on the GPUs of the modules they attach to.",
+        show_default=False,
+    ),
+]
 PythonOpt = Annotated[
     str | None,
     typer.Option(
@@ -156,6 +194,25 @@ def preload_model(model: str, bpw: float | None = None) -> str | ModelSpec:
     if hub_ref is not None and hub_ref.revision is None:
         return model
     return load_model_spec(model, bpw=bpw)
+
+
+def preload_companions(*, draft: Any = None, draft_cache: str | None = None, tensor_parallel: bool = False,
+                       loras: list[Any] | None = None) -> dict[str, Any]:
+    """The plan request's companions, read once before any probing (a bad draft or adapter fails first;
+    a Hub quant table plans every branch against the same reads). Inputs already read pass through."""
+    from exlx_autocfg.model.companions import read_draft, read_lora
+
+    out: dict[str, Any] = {}
+    if draft_cache is not None and draft is None:
+        raise OptionError("draft_cache", draft_cache, "applies only with --draft")
+    if draft is not None:
+        out["draft"] = read_draft(draft)
+        out["draft_cache"] = draft_cache
+    if tensor_parallel:
+        out["tensor_parallel"] = True
+    if loras:
+        out["loras"] = [read_lora(x) for x in loras]
+    return out
 
 
 def _hub_bpw(hub_ref: Any, bpw: float) -> OptionError:
@@ -200,6 +257,10 @@ def plan_from_options(
     python: str | None = None,
     facts: Facts | None = None,
     progress: bool | None = None,
+    draft: Any = None,
+    draft_cache: str | None = None,
+    tensor_parallel: bool = False,
+    loras: list[Any] | None = None,
 ) -> Plan:
     """The model spec (a loaded `ModelSpec` is used as it is), facts (given, what-if or detected), then
     `planner.plan`. Raises ExlxError subclasses only (UsageError and its OptionError, ModelSpecError,
@@ -208,7 +269,8 @@ def plan_from_options(
     return choice_from_options(
         model, gpu=gpu, assume=assume, context=context, cache=cache, backend=backend,
         min_cache_precision=min_cache_precision, budget=budget, margin_mib=margin_mib, batch_size=batch_size,
-        chunk_size=chunk_size, bpw=bpw, python=python, facts=facts, progress=progress,
+        chunk_size=chunk_size, bpw=bpw, python=python, facts=facts, progress=progress, draft=draft,
+        draft_cache=draft_cache, tensor_parallel=tensor_parallel, loras=loras,
     )[0]
 
 
@@ -229,6 +291,10 @@ def choice_from_options(
     python: str | None = None,
     facts: Facts | None = None,
     progress: bool | None = None,
+    draft: Any = None,
+    draft_cache: str | None = None,
+    tensor_parallel: bool = False,
+    loras: list[Any] | None = None,
 ) -> tuple[Plan, HubChoice | None]:
     """`plan_from_options`, plus the quant table when MODEL is `hf:ORG/REPO` without a revision."""
     from exlx_autocfg.cli.hub_view import hub_progress
@@ -237,7 +303,9 @@ def choice_from_options(
 
     check_plan_options(gpu=gpu, python=python)
     request = dict(context=context, cache=cache, backend=backend, min_cache_precision=min_cache_precision,
-                   budget=budget, margin_mib=margin_mib, batch_size=batch_size, chunk_size=chunk_size)
+                   budget=budget, margin_mib=margin_mib, batch_size=batch_size, chunk_size=chunk_size,
+                   **preload_companions(draft=draft, draft_cache=draft_cache, tensor_parallel=tensor_parallel,
+                                        loras=loras))
     if isinstance(model, ModelSpec):
         if facts is None:
             facts = facts_from_options(gpu=gpu, assume=assume, python=python)

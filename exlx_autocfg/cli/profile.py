@@ -23,11 +23,15 @@ from exlx_autocfg.cli.planopts import (
     CacheOpt,
     ChunkOpt,
     ContextOpt,
+    DraftCacheOpt,
+    DraftOpt,
     GpuOpt,
+    LoraOpt,
     MarginOpt,
     MinCacheOpt,
     ModelArg,
     PythonOpt,
+    TensorParallelOpt,
     check_plan_options,
     facts_from_options,
     plan_from_options,
@@ -63,6 +67,10 @@ def profile_command(
     chunk_size: ChunkOpt = None,
     bpw: BpwOpt = None,
     python: PythonOpt = None,
+    draft: DraftOpt = None,
+    draft_cache: DraftCacheOpt = None,
+    tensor_parallel: TensorParallelOpt = False,
+    lora: LoraOpt = None,
 ) -> int:
     """Plan (same options as `plan`) and write the profile the loader applies."""
     from exlx_autocfg.atomic import output_target
@@ -71,11 +79,15 @@ def profile_command(
     check_plan_options(gpu=gpu, python=python)
     if out is not None:
         output_target(out)  # a device, FIFO or socket is refused before any probing
+    from exlx_autocfg.cli.planopts import preload_companions
+
     spec = preload_model(model, bpw)
+    beside = preload_companions(draft=draft, draft_cache=draft_cache, tensor_parallel=tensor_parallel,
+                                loras=lora)
     facts = facts_from_options(gpu=gpu, assume=assume, python=python)
     plan = plan_from_options(spec, context=context, cache=cache, backend=backend,
                              min_cache_precision=min_cache_precision, budget=budget, margin_mib=margin_mib,
-                             batch_size=batch_size, chunk_size=chunk_size, bpw=bpw, facts=facts)
+                             batch_size=batch_size, chunk_size=chunk_size, bpw=bpw, facts=facts, **beside)
     profile = profile_from_plan(plan, facts)
     path = out or default_profile_path(plan.model.name, plan.model.fingerprint, profile.computed_for.machine)
     write_profile(profile, path)
@@ -108,6 +120,7 @@ def verify_command(
     """Compare a profile with this machine now; exit 1 when it is stale, 0 when it is current."""
     from exlx_autocfg.facts.detect import detect
     from exlx_autocfg.profile.staleness import find_changes
+    from exlx_autocfg.profile.stamps import read_companion_stamps
 
     profile = read_profile(profile_path)
     recorded = profile.computed_for.python
@@ -125,7 +138,8 @@ def verify_command(
         from exlx_autocfg.model.load import load_model_spec
 
         spec = load_model_spec(model)
-        changes = find_changes(profile, facts, spec.fingerprint, model_dir=model)
+        changes = find_changes(profile, facts, spec.fingerprint, model_dir=model,
+                               companions=read_companion_stamps(profile.computed_for))
         m = profile.computed_for.model
         if not any(c.kind == "model" for c in changes) and m.hf_repo:
             same = (f"{model} holds the revision the profile was planned from: "
@@ -137,7 +151,8 @@ def verify_command(
     else:
         spec, exists = profile_model(profile)
         fingerprint = spec.fingerprint if spec is not None and profile.computed_for.model.dir else None
-        changes = find_changes(profile, facts, fingerprint, model_dir_exists=exists)
+        changes = find_changes(profile, facts, fingerprint, model_dir_exists=exists,
+                               companions=read_companion_stamps(profile.computed_for))
     # The settings as they are in the file (hand edits included), re-checked with the memory model.
     from exlx_autocfg.profile.recheck import settings_problems
 
@@ -209,6 +224,16 @@ def prepare_command(
         "autosplit": p.autosplit,
         "reserve_vram": p.reserve_vram,
         "paged": p.paged,
+        "tensor_parallel": p.tensor_parallel,
+        "draft": None if p.draft_config is None else {
+            "model_dir": p.draft_config.model_dir,
+            "config": {k: getattr(p.draft_config, k) for k in (
+                "max_seq_len", "max_input_len", "max_attention_size", "scale_pos_emb", "scale_alpha_value",
+                *exl2.SWITCHES)},
+            "cache_class": p.draft_cache_class.__name__ if p.draft_cache_class else None,
+            "gpu_split": p.draft_gpu_split,
+        },
+        "loras": [{"path": path, "scale": scale} for path, scale in p.loras],
         "notes": p.notes,
     }
     if as_json:
@@ -220,14 +245,31 @@ def prepare_command(
     env = [var for var, present in result["env"].items() if present]
     typer.echo(f"env       {' '.join(f'{v}=1' for v in env) or '(no EXLLAMA_NO_* switch)'}")
     typer.echo("config    " + ", ".join(f"{k}={v}" for k, v in result["config"].items()))
-    typer.echo(f"cache     {result['cache_class']}(model, max_seq_len={c.max_seq_len}, lazy={p.autosplit})")
-    if p.autosplit:
+    if p.draft_config is not None:
+        dc = p.draft_config
+        how = f"load(gpu_split={p.draft_gpu_split})" if p.draft_gpu_split else "load_autosplit(draft_cache)"
+        typer.echo(f"draft     ExLlamaV2({dc.model_dir}): max_seq_len={dc.max_seq_len}, scale_alpha_value="
+                   f"{dc.scale_alpha_value:g}; {result['draft']['cache_class']}; {how} first")
+    if p.tensor_parallel:
+        typer.echo(f"cache     ExLlamaV2Cache_TP(model, base={result['cache_class']}, "
+                   f"max_seq_len={p.cache_tokens})")
+        typer.echo(f"load      model.load_tp(gpu_split={p.gpu_split}, expect_cache_tokens={p.cache_tokens}, "
+                   f"expect_cache_base={result['cache_class']})")
+    else:
+        typer.echo(f"cache     {result['cache_class']}(model, max_seq_len={c.max_seq_len}, "
+                   f"lazy={p.autosplit})")
+    if p.tensor_parallel:
+        pass
+    elif p.autosplit:
         typer.echo(f"load      model.load_autosplit(cache, reserve_vram={p.reserve_vram})")
     else:
         typer.echo(f"load      model.load(gpu_split={p.gpu_split})")
+    for path, scale in p.loras:
+        typer.echo(f"lora      ExLlamaV2Lora.from_directory(model, {path!r}, {scale:g})")
     batch = p.max_batch_size if p.paged else 1
-    typer.echo(f"generator ExLlamaV2DynamicGenerator(paged={p.paged}, max_batch_size={batch}); "
-               f"attention: {p.backend}")
+    draft = ", draft_model, draft_cache" if p.draft_config is not None else ""
+    typer.echo(f"generator ExLlamaV2DynamicGenerator(paged={p.paged}, max_batch_size={batch}{draft}); "
+               f"attention: {p.backend}" + ("; set_loras(...)" if p.loras else ""))
     return EXIT_OK
 
 
@@ -258,23 +300,27 @@ def hub_changes(profile: Profile, facts: Any) -> tuple[list[Any], str | None, An
     from exlx_autocfg.errors import HubError
     from exlx_autocfg.model.hub import HubRef, read_hub_spec
     from exlx_autocfg.profile.staleness import find_changes
+    from exlx_autocfg.profile.stamps import read_companion_stamps
 
     m = profile.computed_for.model
     revision = m.hf_revision or m.hf_commit
     try:
         spec = read_hub_spec(HubRef(str(m.hf_repo), revision))
     except HubError as exc:
-        return find_changes(profile, facts, None), f"the Hub revision was not checked: {exc.one_line()}", None
+        return (find_changes(profile, facts, None, companions=read_companion_stamps(profile.computed_for)),
+                f"the Hub revision was not checked: {exc.one_line()}", None)
     assert spec.hub is not None
     now = f"hf:{m.hf_repo}@{revision} (now commit {spec.hub.commit[:12]})"
-    return find_changes(profile, facts, spec.fingerprint, model_dir=now), None, spec
+    return find_changes(profile, facts, spec.fingerprint, model_dir=now,
+                        companions=read_companion_stamps(profile.computed_for)), None, spec
 
 
 # Plan request keys -> `profile` options, with the defaults that need not be repeated.
 _REQUEST_FLAGS = {"context": ("--context", None), "cache": ("--cache", None), "backend": ("--backend", None),
                   "min_cache_precision": ("--min-cache-precision", None), "budget": ("--budget", "total"),
                   "margin_mib": ("--margin-mib", DEFAULT_MARGIN_MIB), "batch_size": ("--batch-size", 1),
-                  "chunk_size": ("--chunk-size", None)}
+                  "chunk_size": ("--chunk-size", None), "draft": ("--draft", None),
+                  "draft_cache": ("--draft-cache", None)}
 
 
 def replan_command(profile: Profile, path: Path) -> str:
@@ -288,6 +334,12 @@ def replan_command(profile: Profile, path: Path) -> str:
         flag, default = _REQUEST_FLAGS.get(key, (None, None))
         if flag and value != default:
             args += [flag, str(value)]
+        elif key == "tensor_parallel" and value:
+            args.append("--tensor-parallel")
+        elif key == "loras" and isinstance(value, list):
+            for item in value:
+                if isinstance(item, dict):
+                    args += ["--lora", f"{item.get('path')}:{item.get('scale', 1.0):g}"]
     recorded = profile.computed_for.python
     # A what-if profile re-plans for this machine; a vanished interpreter cannot be probed.
     if recorded and not profile.computed_for.what_if and Path(recorded).exists():
@@ -298,8 +350,15 @@ def replan_command(profile: Profile, path: Path) -> str:
 def settings_line(profile: Profile) -> str:
     s = profile.settings
     split = (f"gpu_split {s.gpu_split}" if s.gpu_split else "autosplit" if s.autosplit else "one GPU")
+    beside = ""
+    if s.tensor_parallel:
+        beside += ", tensor parallel"
+    if s.draft is not None:
+        beside += f", draft {s.draft.name} ({s.draft.cache_mode})"
+    if s.loras:
+        beside += f", {len(s.loras)} LoRA(s)"
     return (f"{s.backend}, {s.cache_mode} cache, max_seq_len {s.max_seq_len}, chunk {s.max_input_len}, "
-            f"{'paged' if s.paged else 'unpaged'}, {split}")
+            f"{'paged' if s.paged else 'unpaged'}, {split}{beside}")
 
 
 def render_show(profile: Profile, source: str) -> str:
@@ -324,6 +383,16 @@ def render_show(profile: Profile, source: str) -> str:
         ("generator", generator),
         ("split", split),
     ]
+    if s.tensor_parallel:
+        rows.append(("tensor_parallel", "true  (load_tp(gpu_split), ExLlamaV2Cache_TP)"))
+    if s.draft is not None:
+        d = s.draft
+        load = (f"draft_gpu_split {', '.join(f'{x:g}' for x in d.gpu_split)} GB" if d.gpu_split
+                else "autosplit" if d.autosplit else "the first GPU")
+        rows.append(("draft", f"{d.name}  ({d.path or 'no local directory'}; {d.cache_mode} cache, {load}, "
+                              f"rope alpha {d.rope_alpha:g}, scale {d.rope_scale:g}; loaded first)"))
+    for lora in s.loras:
+        rows.append(("lora", f"{lora.name}  ({lora.path}, scale {lora.scale:g}; applied after the model)"))
     lines = [f"profile {source}  (schema {profile.schema}, exlx-autocfg {profile.tool_version}, "
              f"created {profile.created})", ""]
     lines.append("settings")

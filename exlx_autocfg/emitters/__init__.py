@@ -41,6 +41,8 @@ class Emitted:
     header: str = ""
     file_text: str | None = None
     block_merge: bool = False
+    # YAML: further sections merged the same way (TabbyAPI's draft_model: and lora:), after merge_section
+    more_sections: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = ()
 
 
 def _check(value: str, allowed: Any, what: str) -> None:
@@ -64,10 +66,12 @@ def emit(source: Any, fmt: str, *, shell: str = "sh", script: str = exllamav2_ar
     if fmt in ("tabbyapi", "tabbyapi-model"):
         per_model = fmt == "tabbyapi-model"
         target = "TabbyAPI tabby_config.yml (per model)" if per_model else "TabbyAPI config.yml"
-        values = tabbyapi.model_settings(src, per_model=per_model)
+        sections = tabbyapi.sections(src, per_model=per_model)
+        values = sections.pop(tabbyapi.SECTION)
         return Emitted(fmt, tabbyapi.render(src, per_model=per_model),
                        merge_section=(tabbyapi.SECTION,), merge_values=values,
-                       header=header(src, target, tabbyapi.notes(src)))
+                       header=header(src, target, tabbyapi.notes(src)),
+                       more_sections=tuple(((name,), v) for name, v in sections.items()))
     if fmt == "textgen":
         key = textgen.entry_key(textgen.folder_name(src))
         return Emitted(fmt, textgen.render_config(src),

@@ -7,6 +7,11 @@ The cache class is chosen by each script: examples/chat.py takes -cq4/-cq6/-cq8 
 eval/humaneval.py and eval/mmlu.py take -cq4/-cq6/-cq8; test_inference.py and the other examples take
 no cache flag (they build an FP16 cache, or their own). The output is only the flags, so
 `python examples/chat.py $(exlx-autocfg emit --format exllamav2-args ...) -mode llama3` splices.
+
+Beside the model: `model_init.add_args` has -tp (tensor parallel: `load_tp(split)` with -gs, model_init.py
+L14-15, L175-177), so every script takes it; only examples/chat.py takes a draft (-dm DIR, L34-36; it loads
+the draft with `draft_model.load()` before the model, at the model's max_seq_len, in the model's cache
+mode, with the NTK alpha of the draft's own length unless -nds, L118-154); no script takes a LoRA.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ SCRIPTS: dict[str, dict[str, str] | None] = {
     "model_init": None,  # test_inference.py and any script that only calls model_init.add_args
 }
 DEFAULT_SCRIPT = "chat"
+DRAFT_SCRIPTS = frozenset({"chat"})  # scripts with -dm/--draft_model_dir
 
 
 def args(src: EmitInput, script: str = DEFAULT_SCRIPT) -> list[str]:
@@ -34,6 +40,8 @@ def args(src: EmitInput, script: str = DEFAULT_SCRIPT) -> list[str]:
     if src.model_path:
         out += ["-m", src.model_path]
     out += ["-l", str(src.settings.max_seq_len)]
+    if src.settings.tensor_parallel:
+        out.append("-tp")
     if src.settings.gpu_split:
         out += ["-gs", ",".join(str(number(gb)) for gb in src.settings.gpu_split)]
     elif src.settings.autosplit:
@@ -43,6 +51,9 @@ def args(src: EmitInput, script: str = DEFAULT_SCRIPT) -> list[str]:
     cache_flags = SCRIPTS[script]
     if cache_flags and cache_flags[src.settings.cache_mode]:
         out.append(cache_flags[src.settings.cache_mode])
+    draft = src.settings.draft
+    if draft is not None and draft.path and script in DRAFT_SCRIPTS:
+        out += ["-dm", draft.path]
     return out
 
 
@@ -61,6 +72,32 @@ def notes(src: EmitInput, script: str = DEFAULT_SCRIPT) -> list[str]:
     if src.settings.max_attention_size != src.settings.max_input_len**2:
         lines.append(f"-chunk also sets max_attention_size = {src.settings.max_input_len**2} "
                      f"(the plan has {src.settings.max_attention_size})")
+    return lines + _beside_notes(src, script)
+
+
+def _beside_notes(src: EmitInput, script: str) -> list[str]:
+    s, lines = src.settings, []
+    d = s.draft
+    if d is not None:
+        if script not in DRAFT_SCRIPTS:
+            lines.append(f"script {script!r} takes no draft model (examples/chat.py has -dm): the "
+                         "plan's draft "
+                         f"{d.name} is not loaded, which leaves its memory free")
+        else:
+            if not d.path:
+                lines.append(f"no -dm: the plan names a catalog or Hub draft ({d.name}); add -dm DRAFT_DIR")
+            if d.cache_mode != s.cache_mode:
+                lines.append(f"examples/chat.py gives the draft the model's cache mode ({s.cache_mode}), "
+                             f"not the planned {d.cache_mode}: re-plan with --draft-cache {s.cache_mode} "
+                             "for this script")
+            if d.gpu_split and len(d.gpu_split) > 1:
+                lines.append("examples/chat.py loads the draft with draft_model.load() (all on the "
+                             "first GPU), "
+                             f"not the planned draft_gpu_split {d.gpu_split}")
+    if s.loras:
+        names = ", ".join(x.name for x in s.loras)
+        lines.append(f"exllamav2's scripts take no LoRA flag: the adapters ({names}) are not loaded; use "
+                     "exlx_autocfg.load() or ExLlamaV2Lora.from_directory")
     return lines
 
 

@@ -13,6 +13,17 @@ What TabbyAPI does with each key (theroyallab/tabbyAPI @ 79126f9, exl2-checkpoin
   a non-empty `gpu_split` turns autosplit off; with one visible GPU split settings are ignored.
 - `chunk_size` is rounded up to a multiple of 256 and becomes `max_input_len`, with
   `max_attention_size = chunk_size ** 2`.
+- `tensor_parallel: true` loads with `load_tp_gen(gpu_split or None, expect_cache_base=<cache class>,
+  expect_cache_tokens=cache_size)` and ignores gpu_split_auto; the plan always writes the gpu_split, so the
+  split is the planned one and not nvidia-smi's free memory at load time. `tensor_parallel_backend` is read
+  by the exllamav3 backend only, so it is not written.
+- `draft_model:` is loaded FIRST (model.py L572-625): `draft_model_dir / draft_model_name`, at the model's
+  max_seq_len, cache_size and chunk size, in `draft_cache_mode` (default FP16: always written), by
+  `draft_gpu_split` (set_device_map) or, when empty, autosplit with `autosplit_reserve`. `draft_rope_alpha`
+  left empty means "auto" from the MODEL's max_position_embeddings; the plan writes the draft's own.
+- `lora:` (config.yml only; main.py L65-69 loads it after the model): `lora_dir` and `loras: [{name,
+  scaling}]`, each `ExLlamaV2Lora.from_directory(model, lora_dir / name, scaling)`. A per-model
+  tabby_config.yml carries `model:` and `draft_model:` only (common/model.py apply_load_defaults).
 """
 
 from __future__ import annotations
@@ -51,6 +62,19 @@ OWNED_KEYS: tuple[str, ...] = (
     "autosplit_reserve",
     "gpu_split",
 )
+
+
+DRAFT_SECTION = "draft_model"
+DRAFT_KEYS: tuple[str, ...] = (
+    "draft_model_dir",
+    "draft_model_name",
+    "draft_rope_scale",
+    "draft_rope_alpha",
+    "draft_cache_mode",
+    "draft_gpu_split",
+)
+LORA_SECTION = "lora"
+LORA_KEYS: tuple[str, ...] = ("lora_dir", "loras")
 
 
 def _flash_min_cc() -> str:
@@ -115,7 +139,7 @@ def model_settings(src: EmitInput, *, per_model: bool = False) -> dict[str, Any]
     s["cache_mode"] = src.settings.cache_mode
     s["chunk_size"] = src.settings.max_input_len
     s["max_batch_size"] = 1 if compatibility_mode(src) else src.settings.max_batch_size
-    s["tensor_parallel"] = False  # the plan's memory arithmetic is for a layer split, not TP
+    s["tensor_parallel"] = bool(src.settings.tensor_parallel)  # planned as load_tp does it, or a layer split
     if src.settings.gpu_split:
         s["gpu_split_auto"] = False
         s["autosplit_reserve"] = [mib_ceil(b) for b in src.settings.reserve_bytes] or [96]
@@ -130,6 +154,75 @@ def model_settings(src: EmitInput, *, per_model: bool = False) -> dict[str, Any]
         s["autosplit_reserve"] = [mib_ceil(b) for b in src.settings.reserve_bytes] or [96]
         s["gpu_split"] = []
     return s
+
+
+def draft_settings(src: EmitInput) -> dict[str, Any] | None:
+    """The `draft_model:` mapping, in TabbyAPI's key order (None: no draft planned)."""
+    d = src.settings.draft
+    if d is None:
+        return None
+    out: dict[str, Any] = {}
+    if d.path:
+        path = Path(d.path)
+        out["draft_model_dir"] = str(path.parent)
+    out["draft_model_name"] = d.name
+    out["draft_rope_scale"] = number(d.rope_scale)
+    out["draft_rope_alpha"] = number(d.rope_alpha)
+    out["draft_cache_mode"] = d.cache_mode
+    out["draft_gpu_split"] = [number(gb) for gb in d.gpu_split] if d.gpu_split else []
+    return out
+
+
+def lora_settings(src: EmitInput) -> dict[str, Any] | None:
+    """The `lora:` mapping (None: no adapters planned). TabbyAPI has one lora_dir: the first adapter's."""
+    loras = src.settings.loras
+    if not loras:
+        return None
+    first = Path(loras[0].path)
+    return {"lora_dir": str(first.parent),
+            "loras": [{"name": x.name, "scaling": number(x.scale)} for x in loras]}
+
+
+def _lora_dirs(src: EmitInput) -> list[str]:
+    return sorted({str(Path(x.path).parent) for x in src.settings.loras})
+
+
+def sections(src: EmitInput, *, per_model: bool = False) -> dict[str, dict[str, Any]]:
+    """Every section this plan writes, `model:` first."""
+    out = {SECTION: model_settings(src, per_model=per_model)}
+    draft = draft_settings(src)
+    if draft is not None:
+        out[DRAFT_SECTION] = draft
+    loras = lora_settings(src)
+    if loras is not None and not per_model:
+        out[LORA_SECTION] = loras
+    return out
+
+
+def clear_unplanned(src: EmitInput, existing_text: str | None, *, per_model: bool = False
+                    ) -> dict[str, dict[str, Any]]:
+    """For a merge into an existing file: the owned keys that would load what this plan did not plan (a
+    draft_model_name or loras left by an earlier emit or by hand), cleared; the plan's memory holds nothing
+    for them."""
+    if not existing_text:
+        return {}
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
+
+    try:
+        doc = YAML(typ="safe").load(existing_text)
+    except YAMLError:
+        return {}  # the merge reports the parse error with its line
+    if not isinstance(doc, dict):
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    draft = doc.get(DRAFT_SECTION)
+    if src.settings.draft is None and isinstance(draft, dict) and draft.get("draft_model_name"):
+        out[DRAFT_SECTION] = {"draft_model_name": None}
+    lora = doc.get(LORA_SECTION)
+    if not per_model and not src.settings.loras and isinstance(lora, dict) and lora.get("loras"):
+        out[LORA_SECTION] = {"loras": []}
+    return out
 
 
 def notes(src: EmitInput) -> list[str]:
@@ -170,7 +263,34 @@ def notes(src: EmitInput) -> list[str]:
         lines.append("gpu_split / autosplit_reserve are in CUDA device order (see CUDA_VISIBLE_DEVICES).")
     if not src.model_path:
         lines.append("model_dir/model_name not set: the plan names a catalog model, not a local folder.")
-    lines.append("`emit --out` re-merges only the keys exlx-autocfg owns under model:; the rest stays.")
+    lines += _beside_notes(src)
+    owned = ", ".join(f"{name}:" for name in sections(src))
+    lines.append(f"`emit --out` re-merges only the keys exlx-autocfg owns under {owned}; the rest stays.")
+    return lines
+
+
+def _beside_notes(src: EmitInput) -> list[str]:
+    s, lines = src.settings, []
+    if s.tensor_parallel:
+        lines.append("tensor_parallel: gpu_split is passed to load_tp, which splits heads and columns in "
+                     "proportion to it (written so the split does not follow the free memory at load time).")
+    d = s.draft
+    if d is not None:
+        default = " (written: TabbyAPI's default is FP16)" if d.cache_mode != "FP16" else ""
+        lines.append(f"draft_model: {d.name} loads before the model, at its max_seq_len and cache_size, in "
+                     f"{d.cache_mode} cache{default}.")
+        if not d.path:
+            lines.append(f"draft_model_dir not set: the plan names a catalog or Hub draft ({d.name}); "
+                         "download it and set draft_model_dir / draft_model_name to its folder.")
+        if d.gpu_split:
+            lines.append("draft_gpu_split pins the draft where the plan put it (set_device_map).")
+    if s.loras:
+        dirs = _lora_dirs(src)
+        if len(dirs) > 1:
+            lines.append("Warning: the adapters live in " + ", ".join(dirs) + "; TabbyAPI reads "
+                         f"every LoRA from one lora_dir ({Path(s.loras[0].path).parent}): move them there.")
+        lines.append("lora: loaded after the model (config.yml only; a per-model tabby_config.yml has "
+                     "no lora:).")
     return lines
 
 
@@ -178,7 +298,7 @@ def render(src: EmitInput, *, per_model: bool = False) -> str:
     """A complete config.yml (`model:` block only) or tabby_config.yml, with the header comment."""
     target = "TabbyAPI tabby_config.yml (per model)" if per_model else "TabbyAPI config.yml"
     text = header(src, target, notes(src))
-    return text + "\n" + dump_yaml({SECTION: model_settings(src, per_model=per_model)})
+    return text + "\n" + dump_yaml(sections(src, per_model=per_model))
 
 
 def keep_model_dir(values: dict[str, Any], existing_text: str | None, base: Path) -> dict[str, Any]:

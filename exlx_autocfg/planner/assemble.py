@@ -12,6 +12,7 @@ from exlx_autocfg.facts.what_if import what_if_gpu_order
 from exlx_autocfg.findings import Finding, finding
 from exlx_autocfg.planner import decisions, memory
 from exlx_autocfg.planner.core import Solved, overheads_of
+from exlx_autocfg.planner.fit import categories
 from exlx_autocfg.planner.request import Request
 from exlx_autocfg.planner.rope import rope_advice, rope_alpha
 from exlx_autocfg.planner.split import set_device_map_allocation
@@ -26,17 +27,15 @@ def memory_rows(gpus: list[GPU], solved: Solved) -> list[DeviceMemory]:
     rows = []
     for gpu, dev in zip(gpus, solved.devices, strict=True):
         parts = dev.parts(solved.costs)
+        column = categories(parts)  # what loads beside the model counts in its column (weights, cache...)
         rows.append(
             DeviceMemory(
                 gpu_index=gpu.index,
                 budget_bytes=dev.budget,
-                weights_bytes=parts["weights"],
-                cache_bytes=parts["cache"] + parts["staging"],
-                scratch_bytes=parts["scratch_fixed"]
-                + parts["rope"]
-                + parts["activations"]
-                + parts["attention"],
-                reserve_bytes=parts["reserve"],
+                weights_bytes=column["weights"],
+                cache_bytes=column["cache"],
+                scratch_bytes=column["scratch"],
+                reserve_bytes=column["reserve"],
                 total_bytes=dev.total(solved.costs),
                 layers=dev.layers,
                 parts=parts,

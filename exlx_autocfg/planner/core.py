@@ -120,9 +120,18 @@ def plan(facts: Facts, model: Any, **request: Any) -> Plan:
         warnings.extend(
             finding("plan.detect_problem", f"detect: {p}", problem=str(p)) for p in facts.problems
         )
+    beside = None
+    if req.draft is not None or req.loras or req.tensor_parallel:
+        from exlx_autocfg.planner import companions
+
+        beside = companions.resolve(req, spec)  # refusals that need no context raise here
+        if req.tensor_parallel:
+            from exlx_autocfg.planner.tp_solve import plan_tp
+
+            return plan_tp(facts, spec, all_gpus, exllamav2, req, beside, warnings)
     gpus = all_gpus
     try:
-        solved = _solve(facts, spec, gpus, exllamav2, req)
+        solved = _solve(facts, spec, gpus, exllamav2, req, beside)
     except BackendRefusedError:
         # A forced backend may still run on the first GPUs alone (a weak card at the end of the order).
         usable = [
@@ -143,20 +152,29 @@ def plan(facts: Facts, model: Any, **request: Any) -> Plan:
                 dropped=[g.index for g in dropped],
             )
         )
-        solved = _solve(facts, spec, gpus, exllamav2, req)
-    used = [i for i, dev in enumerate(solved.devices) if dev.modules]
+        solved = _solve(facts, spec, gpus, exllamav2, req, beside)
+    used = [i for i, dev in enumerate(solved.devices) if dev.in_use]
+    if beside is not None:
+        # What sits beside the model (the draft) is placed by GPU index: keep the indices, drop only the
+        # GPUs after the last one in use.
+        used = list(range(max(used) + 1))
     if len(used) < len(gpus):
         # A GPU the placement left empty is not needed: after the last module, or one too full to take any
         # (--budget free on a busy card). Only the GPUs in use run attention: re-judge the backend on those
         # (a weak card left idle must not veto flash-attn), and re-plan if that changes it.
         keep = [gpus[i] for i in used]
         if select(query_for(facts, spec, keep, exllamav2), req.backend).backend != solved.selection.backend:
-            solved = _solve(facts, spec, keep, exllamav2, req)
+            solved = _solve(facts, spec, keep, exllamav2, req, beside)
         else:
             solved.devices = [solved.devices[i] for i in used]
         gpus = keep
     unused = [g for g in all_gpus if g not in gpus]
-    return assemble(facts, spec, gpus, unused, exllamav2, req, solved, warnings)
+    result = assemble(facts, spec, gpus, unused, exllamav2, req, solved, warnings)
+    if beside is not None:
+        from exlx_autocfg.planner.companions import attach
+
+        attach(result, beside, solved.solver, spec, solved.devices)
+    return result
 
 
 @dataclass
@@ -176,13 +194,16 @@ class Solved:
     target: int
 
 
-def _solve(facts: Facts, spec: Any, gpus: list[GPU], exllamav2: str, req: Request) -> Solved:
+def _solve(facts: Facts, spec: Any, gpus: list[GPU], exllamav2: str, req: Request,
+           beside: Any = None) -> Solved:
+    from exlx_autocfg.planner.companions import make_solver
+
     selection = select(query_for(facts, spec, gpus, exllamav2), req.backend)
     overheads = overheads_of(req)
     budgets_kinds = [budget_of(g, req) for g in gpus]
     budgets = [b for b, _ in budgets_kinds]
     reserves = [reserve_of(overheads) for _ in gpus]
-    solver = Solver(spec, selection.backend, budgets, reserves, req.batch_size)
+    solver = make_solver(spec, selection.backend, budgets, reserves, req.batch_size, beside)
     target, target_why = decisions.target_context(spec.max_position_embeddings, req)
 
     chunks = [req.chunk_size] if req.chunk_size else list(decisions.CHUNK_SIZES)
@@ -195,7 +216,10 @@ def _solve(facts: Facts, spec: Any, gpus: list[GPU], exllamav2: str, req: Reques
     by_mode = {mode: by_mode_chunk[mode][chunk_by_mode[mode]] for mode in exl2.CACHE_MODES}
     allowed = req.allowed_modes()
     if not any(by_mode[mode] for mode in allowed):
-        raise DoesNotFitError(_does_not_fit(solver, gpus, allowed, chunks))
+        message = _does_not_fit(solver, gpus, allowed, chunks)
+        if hasattr(solver, "what_is_beside"):
+            message += f" (planned with {solver.what_is_beside()} beside it)"
+        raise DoesNotFitError(message)
 
     mode, mode_reason = decisions.choose_cache_mode(by_mode, req, target, target_why)
     max_seq_len = min(by_mode[mode], target)
@@ -257,6 +281,9 @@ def device_totals_at(facts: Facts, model: Any, plan_: Plan, seq_len: int, **requ
     or None when the modules no longer fit. For tests and `bench/`: a plan at `max_seq_len` fits, at
     `max_seq_len + 256` it does not (unless capped by the target)."""
     req = Request.from_kwargs(request)
+    if req.tensor_parallel or plan_.settings.tensor_parallel:
+        raise UsageError("device_totals_at re-runs the layer-split arithmetic; a tensor-parallel plan's "
+                         "figures are in plan.tensor_parallel['devices']")
     by_index = {g.index: g for g in facts.gpu.gpus}
     gpus = [by_index[p.index] for p in plan_.gpus]
     overheads = overheads_of(req)
@@ -266,7 +293,14 @@ def device_totals_at(facts: Facts, model: Any, plan_: Plan, seq_len: int, **requ
     # The chunk as picked, before exllamav2 clamped it to max_seq_len: at another length it clamps again.
     chunk_reason = plan_.reason("chunk_size")
     chunk = int((chunk_reason.evidence if chunk_reason else {}).get("picked", s.max_input_len))
-    solver = Solver(model, s.backend, budgets, reserves, req.batch_size)
+    beside = None
+    if req.draft is not None or req.loras:
+        from exlx_autocfg.planner.companions import resolve
+
+        beside = resolve(req, model)
+    from exlx_autocfg.planner.companions import make_solver
+
+    solver = make_solver(model, s.backend, budgets, reserves, req.batch_size, beside)
     devices = solver.place(s.cache_mode, seq_len, chunk)
     if devices is None:
         return None

@@ -43,11 +43,30 @@ def rules() -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------------ costs
 
+_COSTS: dict[tuple[int, int, int, int | None], tuple[ModelSpec, list[memory.ModuleCost]]] = {}
+
+
+def _module_costs(
+    spec: ModelSpec, chunk: int = 2048, batch: int = 1, seq: int | None = None
+) -> list[memory.ModuleCost]:
+    """memory.module_costs, memoised per spec object: the planner places the draft at every candidate
+    context, and each placement reads the same modules several times."""
+    key = (id(spec), chunk, batch, seq)
+    hit = _COSTS.get(key)
+    if hit is not None and hit[0] is spec:
+        return hit[1]
+    if len(_COSTS) > 512:
+        _COSTS.clear()
+    costs = memory.module_costs(spec, chunk, batch, seq)
+    _COSTS[key] = (spec, costs)
+    return costs
+
+
 
 def draft_weights_bytes(draft: ModelSpec) -> int:
     """GPU weights as exllamav2 counts them (sum of weight_footprint(), embedding on the CPU): the same
     meaning as a plan's memory weights."""
-    return memory.gpu_weight_bytes(memory.module_costs(draft))
+    return memory.gpu_weight_bytes(_module_costs(draft))
 
 
 def draft_kv_cache_bytes_per_token(draft: ModelSpec) -> dict[str, int]:
@@ -105,6 +124,7 @@ class DraftPlan:
     gpu_split: list[float] | None
     devices: tuple[DraftDevice, ...]
     findings: list[Finding] = field(default_factory=list)
+    positions: tuple[int, ...] = ()  # the GPU position of each of its GPU modules, in exllamav2's order
 
     def persistent_by_position(self, n: int) -> list[int]:
         out = [0] * n
@@ -148,7 +168,7 @@ class _Mod:
 def _modules(draft: ModelSpec, chunk: int, batch: int, seq: int) -> list[_Mod]:
     return [
         _Mod(c.key, c.kind, c.layer, c.weight_bytes, c.scratch_fixed_bytes, c.scratch_bytes, c.has_cache)
-        for c in memory.module_costs(draft, max_input_len=chunk, max_batch_size=batch, max_seq_len=seq)
+        for c in _module_costs(draft, chunk, batch, seq)
         if not c.on_cpu
     ]
 
@@ -215,8 +235,9 @@ def _plan(
     cache_mode: str,
     seq: int,
     chunk: int,
+    positions: Sequence[int] = (),
 ) -> DraftPlan:
-    costs = memory.module_costs(draft)
+    costs = _module_costs(draft)
     return DraftPlan(
         name=draft.name,
         weights_bytes=memory.gpu_weight_bytes(costs),
@@ -228,6 +249,7 @@ def _plan(
         load=load,
         gpu_split=gpu_split,
         devices=devices,
+        positions=tuple(positions),
         findings=[
             finding(
                 "draft.placed",
@@ -262,7 +284,7 @@ def place_draft_autosplit(
     )
     seq, chunk, batch = max_seq_len, min(chunk_size, max_seq_len), batch_size
     mods = _modules(draft, chunk, batch, seq)
-    scratch = memory.fixed_scratch_bytes(memory.module_costs(draft, chunk, batch, seq))  # all modules
+    scratch = memory.fixed_scratch_bytes(_module_costs(draft, chunk, batch, seq))  # all modules
     per_layer = memory.kv_cache_bytes(draft, cache_mode, seq, batch, layers=1)
     staging = memory.kv_staging_bytes(draft, cache_mode, seq, batch)
     rope = memory.rope_bytes(draft, seq)
@@ -299,7 +321,8 @@ def place_draft_autosplit(
         scratch_per_device={p: scratch // 2 * 2 for p in set(placement)},
     )
     return _plan(
-        draft, devices, load="autosplit", gpu_split=None, cache_mode=cache_mode, seq=seq, chunk=chunk
+        draft, devices, load="autosplit", gpu_split=None, cache_mode=cache_mode, seq=seq, chunk=chunk,
+        positions=placement,
     )
 
 
@@ -349,6 +372,7 @@ def place_draft_gpu_split(
         cache_mode=cache_mode,
         seq=seq,
         chunk=chunk,
+        positions=placement,
     )
 
 

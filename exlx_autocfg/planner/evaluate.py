@@ -60,7 +60,10 @@ def evaluate_settings(
             entries=len(s.gpu_split), gpus=len(gpus),
         ))
         return problems  # no placement to evaluate
-    if not gpus:
+    if not gpus or s.tensor_parallel or s.draft is not None or s.loras:
+        # The memory re-check places the model alone, layer by layer: a TP split, a draft loaded first or
+        # adapter bytes would need their own files re-read (verify reports a changed draft or adapter as
+        # stale; the loader rejudges them).
         return problems
     overheads = overheads or memory.DEFAULT_OVERHEADS
     reserve = overheads.cuda_context_bytes + overheads.allocator_slack_bytes

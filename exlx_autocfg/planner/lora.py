@@ -148,6 +148,25 @@ def _model_names(spec: ModelSpec) -> set[str]:
 def plan_lora(adapter: LoraAdapter, spec: ModelSpec, *, scale: float = 1.0) -> LoraPlan:
     """The adapter's modules and bytes on `spec`, with every reason ExLlamaV2Lora would refuse it (codes in
     REFUSALS) and the warnings. Refusals do not raise: the caller decides (one line, exit 2)."""
+    where = adapter.path
+    out: list[Finding] = adapter_findings(adapter, scale=scale)
+
+    def refuse(code: str, message: str, **evidence: Any) -> None:
+        out.append(finding(code, f"{adapter.name}: {message}", adapter=where, **evidence))
+
+    if spec.rules.lm.residual_stream_fp32:
+        refuse(
+            "lora.fp32_residual",
+            f"exllamav2 has no LoRA support for {spec.architecture} (fp32 residual stream)",
+            architecture=spec.architecture,
+            source=rules()["refuse"]["fp32_residual_source"],
+        )
+    return _plan_tensors(adapter, spec, scale, out, refuse)
+
+
+def adapter_findings(adapter: LoraAdapter, *, scale: float = 1.0) -> list[Finding]:
+    """What ExLlamaV2Lora refuses whatever the model: the scale, peft_type, fan_in_fan_out, DoRA and
+    per-module ranks or alphas (from adapter_config.json alone)."""
     t, rf = rules()["tensors"], rules()["refuse"]
     where = adapter.path
     out: list[Finding] = []
@@ -171,13 +190,6 @@ def plan_lora(adapter: LoraAdapter, spec: ModelSpec, *, scale: float = 1.0) -> L
         refuse(
             "lora.dora", "DoRA adapters (use_dora) cannot be loaded by exllamav2", source=rf["dora_source"]
         )
-    if spec.rules.lm.residual_stream_fp32:
-        refuse(
-            "lora.fp32_residual",
-            f"exllamav2 has no LoRA support for {spec.architecture} (fp32 residual stream)",
-            architecture=spec.architecture,
-            source=rf["fp32_residual_source"],
-        )
     if adapter.rank_pattern or adapter.alpha_pattern:
         refuse(
             "lora.rank_pattern",
@@ -185,7 +197,25 @@ def plan_lora(adapter: LoraAdapter, spec: ModelSpec, *, scale: float = 1.0) -> L
             "exllamav2 scales every module by one lora_alpha / r",
             source=rf["rank_pattern_source"],
         )
+    for tensor in adapter.tensors:
+        if any(tensor.name.endswith(s) for s in t["skip_suffixes"]):
+            continue
+        if tensor.dtype not in t["dtypes"]:
+            refuse(
+                "lora.dtype",
+                f"{tensor.name} is {tensor.dtype}; exllamav2 takes FP16, BF16 or FP32",
+                tensor=tensor.name,
+                source=t["dtype_source"],
+            )
+    return out
 
+
+def _plan_tensors(
+    adapter: LoraAdapter, spec: ModelSpec, scale: float, out: list[Finding], refuse: Any
+) -> LoraPlan:
+    """The tensors against the model's linears (refusals through `refuse`, into `out`) and the plan."""
+    t = rules()["tensors"]
+    where = adapter.path
     targets = lora_targets(spec)
     head = head_key(spec)
     halves: dict[str, dict[str, tuple[int, ...]]] = {}
@@ -196,13 +226,7 @@ def plan_lora(adapter: LoraAdapter, spec: ModelSpec, *, scale: float = 1.0) -> L
         if any(key.endswith(s) for s in t["skip_suffixes"]):
             continue
         if tensor.dtype not in t["dtypes"]:
-            refuse(
-                "lora.dtype",
-                f"{key} is {tensor.dtype}; exllamav2 takes FP16, BF16 or FP32",
-                tensor=key,
-                source=t["dtype_source"],
-            )
-            continue
+            continue  # refused by adapter_findings
         if key.endswith(f"{head}.weight"):
             head_bytes += tensor.numel * 2
             continue

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from exlx_autocfg import exl2
@@ -12,7 +12,8 @@ from exlx_autocfg.options import check_kinds
 DEFAULT_MARGIN_MIB = 256
 # The types a Python caller must pass (the CLI parser gives them already).
 REQUEST_KINDS: dict[str, type] = {"context": int, "cache": str, "backend": str, "min_cache_precision": str,
-                                  "budget": str, "margin_mib": int, "batch_size": int, "chunk_size": int}
+                                  "budget": str, "margin_mib": int, "batch_size": int, "chunk_size": int,
+                                  "draft_cache": str, "tensor_parallel": bool}
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,14 @@ class Request:
     batch_size: int = 1  # cache batch size / max_batch_size
     chunk_size: int | None = None  # force max_input_len
     overheads: Any = None  # memory.Overheads; None = memory.DEFAULT_OVERHEADS
+    # What loads beside the model (planner.companions, planner.tp_solve)
+    draft: Any = None  # a draft model: reference (directory, catalog, hf:), ModelSpec or DraftInput
+    draft_cache: str | None = None  # force the draft's cache mode (default: the model's)
+    tensor_parallel: bool = False  # load_tp over the GPUs in use
+    loras: tuple[Any, ...] = ()  # adapters: "DIR[:SCALE]", (DIR, SCALE), {"path", "scale"} or LoraInput
+
+    def values(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
     def from_kwargs(cls, kwargs: dict[str, Any]) -> Request:
@@ -43,10 +52,15 @@ class Request:
     def normalised(self) -> Request:
         """Checked and canonical (upper-case cache modes, `auto` backend as None). Raises OptionError
         naming the keyword argument (the CLI shows it as the flag)."""
-        check_kinds(asdict(self), REQUEST_KINDS)
+        check_kinds(self.values(), REQUEST_KINDS)
         modes = exl2.CACHE_MODES
         changes: dict[str, Any] = {}
-        for name in ("cache", "min_cache_precision"):
+        if isinstance(self.loras, (str, bytes)) or not isinstance(self.loras, (list, tuple)):
+            raise OptionError("loras", self.loras, "must be a list of adapters (DIR[:SCALE] each)")
+        changes["loras"] = tuple(self.loras)
+        if self.draft_cache is not None and self.draft is None:
+            raise OptionError("draft_cache", self.draft_cache, "applies only with a draft model (--draft)")
+        for name in ("cache", "min_cache_precision", "draft_cache"):
             value = getattr(self, name)
             if value is not None:
                 upper = str(value).upper()
@@ -72,10 +86,20 @@ class Request:
         if cache and floor and modes.index(cache) > modes.index(floor):
             raise OptionError("cache", cache,
                               f"is coarser than the minimum cache precision {floor} also given")
-        return Request(**{**asdict(self), "overheads": self.overheads, **changes})
+        return Request(**{**self.values(), **changes})
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None and k != "overheads"}
+        """The options as data (plan --json `request`, a profile's `[request]`): references, not specs,
+        so that a profile re-plans with the same draft and adapters; defaults left out."""
+        out = {k: v for k, v in self.values().items()
+               if v is not None and k not in ("overheads", "draft", "loras", "tensor_parallel")}
+        if self.tensor_parallel:
+            out["tensor_parallel"] = True
+        if self.draft is not None:
+            out["draft"] = _reference(self.draft)
+        if self.loras:
+            out["loras"] = [_lora_reference(x) for x in self.loras]
+        return out
 
     def allowed_modes(self) -> list[str]:
         """The cache modes this request lets the planner choose from, most precise first."""
@@ -84,3 +108,27 @@ class Request:
         floor = self.min_cache_precision
         modes = exl2.CACHE_MODES
         return [m for m in modes if floor is None or modes.index(m) <= modes.index(floor)]
+
+
+def _reference(draft: Any) -> str:
+    """A draft as a reference `load_model_spec` reads again."""
+    from exlx_autocfg.model.companions import DraftInput, reference_of
+
+    if isinstance(draft, DraftInput):
+        return draft.reference
+    if hasattr(draft, "num_hidden_layers"):
+        return reference_of(draft)
+    return str(draft)
+
+
+def _lora_reference(item: Any) -> dict[str, Any]:
+    from exlx_autocfg.model.companions import LoraInput, parse_lora_option
+
+    if isinstance(item, LoraInput):
+        return {"path": item.reference, "scale": item.scale}
+    if isinstance(item, dict):
+        return {"path": str(item.get("path")), "scale": float(item.get("scale", 1.0))}
+    if isinstance(item, (list, tuple)) and len(item) == 2:
+        return {"path": str(item[0]), "scale": float(item[1])}
+    path, scale = parse_lora_option(str(item))
+    return {"path": path, "scale": scale}

@@ -132,7 +132,7 @@ def allocation_from_free_bytes(free_bytes: Sequence[int]) -> list[int]:
 
 def attention_weight_footprints(spec: ModelSpec) -> list[int]:
     """weight_footprint() of every attention module, as TPContext takes them off the allocation."""
-    return [c.weight_bytes for c in memory.module_costs(spec) if c.kind == "attn"]
+    return [c.weight_bytes for c in _module_costs(spec) if c.kind == "attn"]
 
 
 def define_tp_split(
@@ -223,7 +223,34 @@ def _norm_bytes(tensors: dict[str, Any], key: str, hidden: int) -> int:
     return (math.prod(t.shape) if t is not None else hidden) * 2  # loaded as fp16
 
 
+_MEMO: dict[tuple[str, int, Any], tuple[ModelSpec, Any]] = {}
+
+
+def _memo(kind: str, spec: ModelSpec, key: Any, compute: Any) -> Any:
+    """Per spec object and key: a context search re-derives the same split (and asks for the same module
+    costs) at most candidate lengths."""
+    k = (kind, id(spec), key)
+    hit = _MEMO.get(k)
+    if hit is not None and hit[0] is spec:
+        return hit[1]
+    if len(_MEMO) > 2048:
+        _MEMO.clear()
+    value = compute()
+    _MEMO[k] = (spec, value)
+    return value
+
+
+def _module_costs(spec: ModelSpec) -> list[memory.ModuleCost]:
+    return _memo("costs", spec, None, lambda: memory.module_costs(spec))
+
+
 def tp_device_weights(spec: ModelSpec, split: TPSplit) -> list[int]:
+    """Weight bytes per device (index = CUDA device) once load_tp has split every module; the embedding
+    stays in system RAM. Qwen3's q/k head norms are not split and stay on the first device."""
+    return list(_memo("weights", spec, split, lambda: _tp_device_weights(spec, split)))
+
+
+def _tp_device_weights(spec: ModelSpec, split: TPSplit) -> list[int]:
     """Weight bytes per device (index = CUDA device) once load_tp has split every module; the embedding
     stays in system RAM. Qwen3's q/k head norms are not split and stay on the first device."""
     tensors = {t.name: t for t in spec.tensors}
@@ -272,8 +299,14 @@ def _norm_keys(rules: ArchRules, *names: str) -> list[str]:
 def tp_load_peak_extra_bytes(spec: ModelSpec, split: TPSplit) -> int:
     """Load time, first device: each module is loaded whole there before tp_split moves its slices, so the
     first device briefly holds one whole module on top of its own slices (the largest such excess)."""
+    return int(_memo("peak", spec, split, lambda: _tp_load_peak_extra_bytes(spec, split)))
+
+
+def _tp_load_peak_extra_bytes(spec: ModelSpec, split: TPSplit) -> int:
+    """Load time, first device: each module is loaded whole there before tp_split moves its slices, so the
+    first device briefly holds one whole module on top of its own slices (the largest such excess)."""
     first = split.devices[0]
-    mods = [c for c in memory.module_costs(spec) if not c.on_cpu and c.kind in ("attn", "mlp", "lm_head")]
+    mods = [c for c in _module_costs(spec) if not c.on_cpu and c.kind in ("attn", "mlp", "lm_head")]
     tensors = {t.name: t for t in spec.tensors}
     hd = spec.head_dim
     worst = 0

@@ -73,6 +73,11 @@ class Plan:
     reasons: list[Reason] = field(default_factory=list)
     warnings: list[Finding] = field(default_factory=list)
     request: dict[str, Any] = field(default_factory=dict)  # the options the user gave
+    # What loads beside the model (docs/plan-json.md): the draft's figures and placement, the
+    # tensor-parallel split, the adapters. None / empty when not asked for.
+    draft: dict[str, Any] | None = None
+    tensor_parallel: dict[str, Any] | None = None
+    loras: list[dict[str, Any]] = field(default_factory=list)
     computed_for: dict[str, Any] = field(default_factory=dict)  # library versions/tags, exllamav2, what_if
     tool_version: str = ""
     schema: int = PLAN_SCHEMA

@@ -34,7 +34,7 @@ from exlx_autocfg.facts.types import Facts
 from exlx_autocfg.findings import Finding
 from exlx_autocfg.planner.types import Plan, Reason
 from exlx_autocfg.serde import from_data, schema_problem, to_data
-from exlx_autocfg.settings import Settings, SettingsError, validate_settings
+from exlx_autocfg.settings import BESIDE, Settings, SettingsError, validate_settings
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -85,6 +85,15 @@ class ModelStamp:
 
 
 @dataclass
+class LoraStamp:
+    """A LoRA adapter the profile was planned with (its settings entry has the scale)."""
+
+    name: str
+    dir: str
+    fingerprint: str | None = None  # sha256 over adapter_config.json and the safetensors header
+
+
+@dataclass
 class ComputedFor:
     model: ModelStamp
     gpus: list[GPUStamp] = field(default_factory=list)
@@ -94,6 +103,8 @@ class ComputedFor:
     driver_version: str | None = None
     what_if: bool = False
     machine: str = ""  # machine identity: hash of the GPUs and the interpreter
+    draft: ModelStamp | None = field(default=None, metadata=BESIDE)  # the draft planned beside the model
+    loras: list[LoraStamp] = field(default_factory=list, metadata=BESIDE)  # the adapters planned with it
 
 
 @dataclass
@@ -177,15 +188,30 @@ def profile_from_plan(plan: Plan, facts: Facts, *, created: str | None = None) -
         hf_commit=hub.commit if hub else None,
     )
     used = {g.index for g in plan.gpus}
+    cf = computed_for_facts(facts, model, used)
+    cf.draft, cf.loras = companion_stamps(plan)
     return Profile(
         settings=copy.deepcopy(plan.settings),
-        computed_for=computed_for_facts(facts, model, used),
+        computed_for=cf,
         reasons=[_without_evidence(r) for r in plan.reasons],
         warnings=[Finding(w.code, w.message) for w in plan.warnings],
         request={k: v for k, v in plan.request.items() if v is not None},
         tool_version=plan.tool_version or _tool_version(),
         created=created or datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     )
+
+
+def companion_stamps(plan: Plan) -> tuple[ModelStamp | None, list[LoraStamp]]:
+    """What a profile records of the draft and the adapters, from the plan's sections."""
+    draft = None
+    if plan.draft is not None and plan.settings.draft is not None:
+        draft = ModelStamp(name=plan.draft.get("model") or plan.settings.draft.name,
+                           dir=plan.draft.get("path"),
+                           fingerprint=plan.draft.get("fingerprint"),
+                           architecture=plan.draft.get("architecture") or "")
+    loras = [LoraStamp(name=str(x.get("name")), dir=str(x.get("path")), fingerprint=x.get("fingerprint"))
+             for x in plan.loras]
+    return draft, loras
 
 
 def _without_evidence(r: Reason) -> Reason:

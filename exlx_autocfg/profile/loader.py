@@ -90,11 +90,35 @@ class Prepared:
     changes: list[Change] = field(default_factory=list)  # what made the profile stale (empty: current)
     replanned: bool = False
     notes: list[str] = field(default_factory=list)  # what the loader did, one line each
+    # What loads beside the model (issue 12), in TabbyAPI's order: the draft first, then the model
+    # (tensor-parallel or not), then the adapters.
+    tensor_parallel: bool = False
+    draft_config: Any = None  # exllamav2.ExLlamaV2Config of the draft, max_seq_len etc. set to the model's
+    draft_cache_class: type | None = None
+    draft_gpu_split: list[float] | None = None  # None: load_autosplit (with the model's reserves)
+    loras: list[tuple[str, float]] = field(default_factory=list)  # (directory, scale) after the model
+
+    @property
+    def cache_tokens(self) -> int:
+        """The cache length (a paged tensor-parallel cache holds every sequence's pages, as planned)."""
+        batch = self.max_batch_size if self.tensor_parallel and self.paged else 1
+        return self.config.max_seq_len * batch
 
     def make_cache(self, model: Any, *, lazy: bool | None = None) -> Any:
-        """The planned cache for `model` (lazy for autosplit: allocated while the model loads)."""
+        """The planned cache for `model` (lazy for autosplit: allocated while the model loads; for a
+        tensor-parallel model ExLlamaV2Cache_TP over the planned base class, after load_tp)."""
+        if self.tensor_parallel:
+            from exllamav2 import ExLlamaV2Cache_TP
+
+            return ExLlamaV2Cache_TP(model, base=self.cache_class, batch_size=1,
+                                     max_seq_len=self.cache_tokens)
         return self.cache_class(model, batch_size=1, max_seq_len=self.config.max_seq_len,
                                 lazy=self.autosplit if lazy is None else lazy)
+
+    def make_draft_cache(self, draft_model: Any, *, lazy: bool) -> Any:
+        """The draft's cache: its own mode, the model's length (the dynamic generator asserts it)."""
+        assert self.draft_cache_class is not None
+        return self.draft_cache_class(draft_model, batch_size=1, max_seq_len=self.cache_tokens, lazy=lazy)
 
 
 @dataclass
@@ -104,6 +128,9 @@ class Loaded:
     tokenizer: Any
     generator: Any | None
     prepared: Prepared
+    draft_model: Any = None
+    draft_cache: Any = None
+    loras: list[Any] = field(default_factory=list)  # ExLlamaV2Lora, set on the generator
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -155,7 +182,10 @@ def prepare(
             write_profile(prof, path)
             notes.append(f"wrote profile {path}")
     else:
-        changes = find_changes(prof, facts, spec.fingerprint, model_dir=str(model_dir))
+        from exlx_autocfg.profile.stamps import read_companion_stamps
+
+        changes = find_changes(prof, facts, spec.fingerprint, model_dir=str(model_dir),
+                               companions=read_companion_stamps(prof.computed_for))
         if changes:
             what = "; ".join(c.message for c in changes)
             where = f"profile {path}" if path else "the profile"
@@ -214,6 +244,14 @@ def prepare(
             problem += "; running unpaged"
         notes.append(problem)
         warnings.warn(problem, StaleProfileWarning, stacklevel=2)
+    draft_config, draft_cache_class = None, None
+    if settings.draft is not None:
+        draft_config = _build_draft_config(module, spec, settings, notes)
+        draft_cache_class = getattr(module, settings.draft.cache_class)
+    loras = _check_loras(spec, settings, notes)
+    if settings.tensor_parallel:
+        notes.append(f"tensor parallel: load_tp(gpu_split={settings.gpu_split}, expect_cache_base="
+                     f"{settings.cache_class}), then ExLlamaV2Cache_TP")
     return Prepared(
         config=config,
         cache_class=getattr(module, settings.cache_class),
@@ -229,6 +267,12 @@ def prepare(
         changes=changes,
         replanned=replanned,
         notes=notes,
+        tensor_parallel=settings.tensor_parallel,
+        draft_config=draft_config,
+        draft_cache_class=draft_cache_class,
+        draft_gpu_split=(list(settings.draft.gpu_split) if settings.draft and settings.draft.gpu_split
+                         else None),
+        loras=loras,
     )
 
 
@@ -250,14 +294,28 @@ def load(
 
     if not torch.cuda.is_available():
         raise LoaderError("load() needs a GPU and torch sees none (prepare() works without one)")
+    reserves = _reserves(prepared.reserve_vram, torch.cuda.device_count())
+    draft_model = draft_cache = None
+    if prepared.draft_config is not None:  # first, as TabbyAPI loads it
+        draft_model = exllamav2.ExLlamaV2(prepared.draft_config)
+        if prepared.draft_gpu_split is not None:
+            draft_model.load(gpu_split=prepared.draft_gpu_split, progress=progress)
+            draft_cache = prepared.make_draft_cache(draft_model, lazy=False)
+        else:
+            draft_cache = prepared.make_draft_cache(draft_model, lazy=True)
+            draft_model.load_autosplit(draft_cache, reserve_vram=reserves, progress=progress)
     model = exllamav2.ExLlamaV2(prepared.config)
-    if prepared.autosplit:
+    if prepared.tensor_parallel:
+        model.load_tp(gpu_split=prepared.gpu_split, progress=progress,
+                      expect_cache_tokens=prepared.cache_tokens, expect_cache_base=prepared.cache_class)
+        cache = prepared.make_cache(model)
+    elif prepared.autosplit:
         cache = prepared.make_cache(model, lazy=True)  # autosplit allocates it layer by layer while loading
-        model.load_autosplit(cache, reserve_vram=_reserves(prepared.reserve_vram, torch.cuda.device_count()),
-                             progress=progress)
+        model.load_autosplit(cache, reserve_vram=reserves, progress=progress)
     else:
         model.load(gpu_split=prepared.gpu_split, progress=progress)
         cache = prepared.make_cache(model, lazy=False)
+    loras = [exllamav2.ExLlamaV2Lora.from_directory(model, path, scale) for path, scale in prepared.loras]
     tokenizer = exllamav2.ExLlamaV2Tokenizer(prepared.config)
     gen = None
     if generator:
@@ -265,8 +323,12 @@ def load(
 
         # Unpaged mode serves one sequence at a time (generator/dynamic.py: "max supported batch size is 1").
         gen = ExLlamaV2DynamicGenerator(model=model, cache=cache, tokenizer=tokenizer, paged=prepared.paged,
-                                        max_batch_size=prepared.max_batch_size if prepared.paged else 1)
-    return Loaded(model=model, cache=cache, tokenizer=tokenizer, generator=gen, prepared=prepared)
+                                        max_batch_size=prepared.max_batch_size if prepared.paged else 1,
+                                        draft_model=draft_model, draft_cache=draft_cache)
+        if loras:
+            gen.set_loras(loras)
+    return Loaded(model=model, cache=cache, tokenizer=tokenizer, generator=gen, prepared=prepared,
+                  draft_model=draft_model, draft_cache=draft_cache, loras=loras)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -383,6 +445,71 @@ def _build_config(module: Any, model_dir: Path, settings: Settings, notes: list[
         if getattr(config, key) != was:
             notes.append(f"exllamav2 arch_compat_overrides set {key} = {getattr(config, key)} for this model")
     return config
+
+
+def _build_draft_config(module: Any, spec: Any, settings: Settings, notes: list[str]) -> Any:
+    """The draft's real ExLlamaV2Config: read from its directory, its max_seq_len, max_input_len,
+    max_attention_size and switches the model's (TabbyAPI model.py L372-376; the dynamic generator asserts
+    draft max_seq_len >= the model's), its RoPE settings from the profile. The pair is judged again, so a
+    hand-edited draft that cannot draft for the model is refused here."""
+    from exlx_autocfg.errors import DraftRefusedError
+    from exlx_autocfg.model.companions import read_draft, tokenizer_of
+    from exlx_autocfg.planner import draft as dr
+    from exlx_autocfg.planner.companions import refusal_line
+
+    d = settings.draft
+    assert d is not None
+    if not d.path:
+        raise LoaderError(f"the profile's draft {d.name} has no local directory (planned from the "
+                          "catalog or the "
+                          "Hub)", hint="download it and re-plan with --draft DIR")
+    draft = read_draft(d.path)
+    found = dr.judge_draft(spec, draft.spec, cache_size=settings.max_seq_len, cache_mode=settings.cache_mode,
+                           draft_cache_mode=d.cache_mode, model_tokenizer=tokenizer_of(spec),
+                           draft_tokenizer=draft.tokenizer, lora_count=len(settings.loras))
+    refusals = [f for f in found if dr.is_refusal(f)]
+    if refusals:
+        raise DraftRefusedError(refusal_line(f"draft {d.path}", refusals), refusals)
+    try:
+        config = module.ExLlamaV2Config(d.path)
+    except Exception as exc:  # exllamav2 reports bad model dirs with asserts and KeyErrors
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelSpecError(f"exllamav2 cannot read the draft model in {d.path}: {first}") from None
+    config.max_seq_len = settings.max_seq_len
+    config.max_input_len = settings.max_input_len
+    config.max_attention_size = settings.max_attention_size
+    config.max_batch_size = settings.max_batch_size
+    config.scale_pos_emb = d.rope_scale
+    config.scale_alpha_value = d.rope_alpha
+    for switch, value in settings.switches.items():
+        setattr(config, switch, value)
+    config.arch_compat_overrides(quiet=True)
+    load = f"load(gpu_split={d.gpu_split})" if d.gpu_split else "load_autosplit(draft_cache)"
+    notes.append(f"draft {d.name}: {d.cache_class}, max_seq_len {settings.max_seq_len} (the model's), "
+                 "rope alpha "
+                 f"{d.rope_alpha:g}; {load} before the model")
+    return config
+
+
+def _check_loras(spec: Any, settings: Settings, notes: list[str]) -> list[tuple[str, float]]:
+    """Each adapter read and judged against the model (what ExLlamaV2Lora would refuse raises
+    LoraRefusedError); returns (directory, scale) for ExLlamaV2Lora.from_directory after the model."""
+    from exlx_autocfg.errors import LoraRefusedError
+    from exlx_autocfg.model.lora import read_adapter
+    from exlx_autocfg.planner.companions import refusal_line
+    from exlx_autocfg.planner.lora import is_refusal, plan_lora
+
+    out = []
+    for lora in settings.loras:
+        planned = plan_lora(read_adapter(lora.path), spec, scale=lora.scale)
+        refusals = [f for f in planned.findings if is_refusal(f)]
+        if refusals:
+            raise LoraRefusedError(refusal_line(f"LoRA {lora.path}", refusals), refusals)
+        notes.append(f"LoRA {lora.name}: ExLlamaV2Lora.from_directory(model, {lora.path!r}, "
+                     f"{lora.scale:g}) after "
+                     f"the model ({planned.gpu_bytes / 1024**2:,.1f} MiB on the GPUs of its modules)")
+        out.append((lora.path, lora.scale))
+    return out
 
 
 def _reserves(reserve: list[int] | None, device_count: int) -> list[int] | None:

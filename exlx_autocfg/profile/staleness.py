@@ -18,6 +18,7 @@ from exlx_autocfg.profile.format import (
     ComputedFor,
     GPUStamp,
     LibraryStamp,
+    LoraStamp,
     ModelStamp,
     Profile,
     computed_for_facts,
@@ -28,7 +29,7 @@ GIB = 1024**3
 
 @dataclass(frozen=True)
 class Change:
-    kind: str  # "gpu" | "vram" | "library" | "model"
+    kind: str  # "gpu" | "vram" | "library" | "model" | "draft" | "lora"
     subject: str  # "GPU 0", "xformers", "model"
     message: str  # one line, complete on its own
     code: str = ""  # exlx_autocfg.findings.CODES: stale.*
@@ -38,16 +39,48 @@ class Change:
 
 
 def find_changes(profile: Profile, facts: Facts, model_fingerprint: str | None, *,
-                 model_dir_exists: bool = True, model_dir: str | None = None) -> list[Change]:
+                 model_dir_exists: bool = True, model_dir: str | None = None,
+                 companions: tuple[ModelStamp | None, list[LoraStamp]] | None = None) -> list[Change]:
     """Differences between the profile's computed-for and fresh facts + the model's current fingerprint.
 
     `model_fingerprint` None with `model_dir_exists` False means the model directory is gone. `model_dir`:
     the directory the profile is being applied to, when it may not be the one it was made for.
+    `companions`: the draft's and the adapters' stamps now (`profile.stamps.read_companion_stamps`; a
+    fingerprint None means gone); None leaves them uncompared.
     """
     old = profile.computed_for
     new = computed_for_facts(facts, ModelStamp(name=old.model.name, dir=model_dir or old.model.dir,
                                                fingerprint=model_fingerprint))
-    return compare(old, new, model_dir_exists=model_dir_exists)
+    changes = compare(old, new, model_dir_exists=model_dir_exists)
+    if companions is not None:
+        changes += companion_changes(old, *companions)
+    return changes
+
+
+def companion_changes(old: ComputedFor, draft: ModelStamp | None, loras: list[LoraStamp]) -> list[Change]:
+    """The draft and the adapters the profile was planned with, against what their directories hold now."""
+    out = []
+    was = old.draft
+    if was is not None and was.dir:
+        if draft is None or draft.fingerprint is None:
+            out.append(Change("draft", "draft", f"draft model directory {was.dir} no longer exists or "
+                                                "no longer "
+                              "reads as a model", "stale.draft.gone"))
+        elif was.fingerprint and draft.fingerprint != was.fingerprint:
+            out.append(Change("draft", "draft", f"draft model {was.name} changed: config.json or the "
+                              f"safetensors headers differ (fingerprint {was.fingerprint[:12]} -> "
+                              f"{draft.fingerprint[:12]})", "stale.draft.changed"))
+    now = {os.path.normpath(x.dir): x for x in loras}
+    for stamp in old.loras:
+        fresh = now.get(os.path.normpath(stamp.dir))
+        if fresh is None or fresh.fingerprint is None:
+            out.append(Change("lora", f"LoRA {stamp.name}", f"LoRA adapter {stamp.dir} no longer exists or "
+                              "no longer reads as an adapter", "stale.lora.gone"))
+        elif stamp.fingerprint and fresh.fingerprint != stamp.fingerprint:
+            out.append(Change("lora", f"LoRA {stamp.name}", f"LoRA adapter {stamp.name} changed: "
+                              "adapter_config.json or the safetensors header differ (fingerprint "
+                              f"{stamp.fingerprint[:12]} -> {fresh.fingerprint[:12]})", "stale.lora.changed"))
+    return out
 
 
 def compare(old: ComputedFor, new: ComputedFor, *, model_dir_exists: bool = True) -> list[Change]:
