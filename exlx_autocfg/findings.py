@@ -119,6 +119,8 @@ CODES: dict[str, str] = {
     "model.context_defaulted": "config.json names no context length: exllamav2's max_seq_len is its 2048 "
     "default (Gemma 3's published files), pass --context",
     "vision.not_planned": "the model has a vision tower the plan leaves out (plan --vision includes it)",
+    "vision.planned": "the vision tower and projector load on the first GPU, planned with the model",
+    "vision.windows_ignored": "the tower's windowed attention runs through xformers, which applies no window",
     "context.target_not_reached": "the requested context does not fit with the chosen cache",
     "context.beyond_trained": "the requested context is beyond the model's trained length: RoPE scaling "
     "would be needed",

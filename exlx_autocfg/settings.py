@@ -87,6 +87,8 @@ class Settings:
     tensor_parallel: bool = field(default=False, metadata=BESIDE)  # load_tp(gpu_split) + ExLlamaV2Cache_TP
     draft: DraftSettings | None = field(default=None, metadata=BESIDE)  # loaded first
     loras: list[LoraSettings] = field(default_factory=list, metadata=BESIDE)  # applied after the model
+    # ExLlamaV2VisionTower(config).load() after the draft, before the model (TabbyAPI `vision: true`)
+    vision: bool = field(default=False, metadata=BESIDE)
 
     @property
     def switches(self) -> dict[str, bool]:

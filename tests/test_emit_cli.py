@@ -74,13 +74,15 @@ def test_split_profile_pins_device_order(split_profile, capsys):
 def test_out_merges_into_existing_config_and_keeps_a_backup(turing_profile, tmp_path, capsys):
     config = tmp_path / "tabby" / "config.yml"
     config.parent.mkdir()
-    original = "# mine\nnetwork:\n  port: 5001 # keep\nmodel:\n  model_dir: models\n  vision: true\n"
+    original = ("# mine\nnetwork:\n  port: 5001 # keep\nmodel:\n  model_dir: models\n  vision: true\n"
+                "  prompt_template: chatml\n")
     config.write_text(original)
     assert run(["emit", "-f", "tabbyapi", str(turing_profile), "--out", str(config)]) == 0
     assert "under 'model'" in capsys.readouterr().err
     merged = config.read_text()
     doc = yaml.safe_load(merged)
-    assert doc["network"] == {"port": 5001} and doc["model"]["vision"] is True
+    assert doc["network"] == {"port": 5001} and doc["model"]["prompt_template"] == "chatml"
+    assert doc["model"]["vision"] is False  # the plan leaves the tower out: an unplanned one is not kept on
     assert doc["model"]["cache_mode"] == "Q6" and doc["model"]["model_name"].startswith("Llama-3.1")
     assert "# mine" in merged and "# keep" in merged
     assert (tmp_path / "tabby" / "config.yml.bak").read_text() == original

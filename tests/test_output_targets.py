@@ -236,7 +236,7 @@ def test_lock_timeout_is_one_line(tmp_path, monkeypatch):
 
 def test_merged_yaml_keeps_bom_and_crlf(profile, tmp_path):
     config = tmp_path / "config.yml"
-    original = "\ufeff# mine\r\nnetwork:\r\n  port: 5001 # keep\r\nmodel:\r\n  vision: true\r\n"
+    original = "\ufeff# mine\r\nnetwork:\r\n  port: 5001 # keep\r\nmodel:\r\n  prompt_template: chatml\r\n"
     config.write_bytes(original.encode("utf-8"))
     assert run(["emit", "-f", "tabbyapi", str(profile), "--out", str(config)]) == 0
     raw = config.read_bytes()
@@ -244,7 +244,7 @@ def test_merged_yaml_keeps_bom_and_crlf(profile, tmp_path):
     assert raw.count(b"\xef\xbb\xbf") == 1
     assert raw.count(b"\n") == raw.count(b"\r\n") > 10  # every line ends in CRLF
     doc = yaml.safe_load(raw.decode("utf-8-sig"))
-    assert doc["network"] == {"port": 5001} and doc["model"]["vision"] is True
+    assert doc["network"] == {"port": 5001} and doc["model"]["prompt_template"] == "chatml"
     assert doc["model"]["cache_mode"] == "Q6"
     assert (tmp_path / "config.yml.bak").read_bytes() == original.encode("utf-8")
 

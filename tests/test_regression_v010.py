@@ -31,6 +31,8 @@ ADDED = {"plan.what_if.gpu_order", "context.beyond_trained"}
 # out of reach, 0.1.0 chased length into the coarsest cache; now the most precise cache that reaches the
 # sufficient context is kept. Forcing 0.1.0's choice reproduces 0.1.0's figures exactly.
 POLICY = {("nous-capybara-34b@4.0bpw", ("2080ti-22gb",)): "Q6"}
+# Memory-entry fields added on purpose (issue 11): the vision tower's weights per GPU, 0 without --vision.
+ADDED_MEMORY_FIELDS = {"vision_weights_bytes": 0}
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c['model']}-{'+'.join(c['gpu'])}")
@@ -48,6 +50,9 @@ def test_plan_equals_release_0_1_0(case):
     assert {RENAMED.get(k, k): v for k, v in case["settings"].items()} == p["settings"]
     assert p["max_seq_len_by_cache_mode"] == case["max_seq_len_by_cache_mode"]
     assert p["kv_cache_bytes_per_token"] == case["kv_cache_bytes_per_token"]
+    for row in p["memory"]:
+        for name, value in ADDED_MEMORY_FIELDS.items():
+            assert row.pop(name) == value
     assert p["memory"] == case["memory"]
     assert [g["index"] for g in p["gpus"]] == case["gpus"]
     ours = [

@@ -37,6 +37,7 @@ from exlx_autocfg.cli.planopts import (
     MinCacheOpt,
     PythonOpt,
     TensorParallelOpt,
+    VisionOpt,
 )
 from exlx_autocfg.errors import OptionError, UsageError
 
@@ -117,6 +118,7 @@ def emit(
     draft_cache: DraftCacheOpt = None,
     tensor_parallel: TensorParallelOpt = False,
     lora: LoraOpt = None,
+    vision: VisionOpt = False,
 ) -> int:
     """Write a plan as TabbyAPI / text-generation-webui config, exllamav2 script flags, shell env or JSON."""
     from exlx_autocfg.emitters import FORMATS, check_options
@@ -142,7 +144,8 @@ def emit(
                                           ("--margin-mib", margin_mib != DEFAULT_MARGIN_MIB),
                                           ("--batch-size", batch_size != 1), ("--draft", draft),
                                           ("--draft-cache", draft_cache),
-                                          ("--tensor-parallel", tensor_parallel), ("--lora", lora))
+                                          ("--tensor-parallel", tensor_parallel), ("--lora", lora),
+                                          ("--vision", vision))
                  if value]
         if given:
             verb = "applies" if len(given) == 1 else "apply"
@@ -164,7 +167,7 @@ def emit(
         check_plan_options(gpu=gpu, python=python)
         spec = preload_model(source, bpw)  # bad model input fails before any probing
         beside = preload_companions(draft=draft, draft_cache=draft_cache, tensor_parallel=tensor_parallel,
-                                    loras=lora)
+                                    loras=lora, vision=vision)
         facts = facts_from_options(gpu=gpu, assume=assume, python=python)
         emit_source = plan_from_options(spec, facts=facts, context=context, cache=cache, backend=backend,
                                         min_cache_precision=min_cache_precision, budget=budget,

@@ -28,6 +28,7 @@ from exlx_autocfg.cli.planopts import (
     ModelArg,
     PythonOpt,
     TensorParallelOpt,
+    VisionOpt,
     choice_from_options,
 )
 
@@ -62,6 +63,7 @@ def plan_command(
     draft_cache: DraftCacheOpt = None,
     tensor_parallel: TensorParallelOpt = False,
     lora: LoraOpt = None,
+    vision: VisionOpt = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the plan as one JSON document.")] = False,
     list_gpus: Annotated[
         bool,
@@ -75,7 +77,7 @@ def plan_command(
     from exlx_autocfg.cli.planopts import preload_companions
 
     beside = preload_companions(draft=draft, draft_cache=draft_cache, tensor_parallel=tensor_parallel,
-                                loras=lora)
+                                loras=lora, vision=vision)
     plan, hub_choice = choice_from_options(
         model,
         gpu=gpu,

@@ -49,6 +49,7 @@ __all__ = [
     "ModelArg",
     "PythonOpt",
     "TensorParallelOpt",
+    "VisionOpt",
     "check_plan_options",
     "facts_from_options",
     "plan_from_options",
@@ -156,6 +157,14 @@ TensorParallelOpt = Annotated[
         "its TP path cannot run the model here.",
     ),
 ]
+VisionOpt = Annotated[
+    bool,
+    typer.Option(
+        "--vision",
+        help="Load the model's vision tower and projector too (TabbyAPI `vision: true`): planned on the "
+        "first GPU with their weights and one image's embedding at the largest image size.",
+    ),
+]
 LoraOpt = Annotated[
     list[str] | None,
     typer.Option(
@@ -197,7 +206,7 @@ def preload_model(model: str, bpw: float | None = None) -> str | ModelSpec:
 
 
 def preload_companions(*, draft: Any = None, draft_cache: str | None = None, tensor_parallel: bool = False,
-                       loras: list[Any] | None = None) -> dict[str, Any]:
+                       loras: list[Any] | None = None, vision: bool = False) -> dict[str, Any]:
     """The plan request's companions, read once before any probing (a bad draft or adapter fails first;
     a Hub quant table plans every branch against the same reads). Inputs already read pass through."""
     from exlx_autocfg.model.companions import read_draft, read_lora
@@ -212,6 +221,8 @@ def preload_companions(*, draft: Any = None, draft_cache: str | None = None, ten
         out["tensor_parallel"] = True
     if loras:
         out["loras"] = [read_lora(x) for x in loras]
+    if vision:
+        out["vision"] = True
     return out
 
 
@@ -261,6 +272,7 @@ def plan_from_options(
     draft_cache: str | None = None,
     tensor_parallel: bool = False,
     loras: list[Any] | None = None,
+    vision: bool = False,
 ) -> Plan:
     """The model spec (a loaded `ModelSpec` is used as it is), facts (given, what-if or detected), then
     `planner.plan`. Raises ExlxError subclasses only (UsageError and its OptionError, ModelSpecError,
@@ -270,7 +282,7 @@ def plan_from_options(
         model, gpu=gpu, assume=assume, context=context, cache=cache, backend=backend,
         min_cache_precision=min_cache_precision, budget=budget, margin_mib=margin_mib, batch_size=batch_size,
         chunk_size=chunk_size, bpw=bpw, python=python, facts=facts, progress=progress, draft=draft,
-        draft_cache=draft_cache, tensor_parallel=tensor_parallel, loras=loras,
+        draft_cache=draft_cache, tensor_parallel=tensor_parallel, loras=loras, vision=vision,
     )[0]
 
 
@@ -295,6 +307,7 @@ def choice_from_options(
     draft_cache: str | None = None,
     tensor_parallel: bool = False,
     loras: list[Any] | None = None,
+    vision: bool = False,
 ) -> tuple[Plan, HubChoice | None]:
     """`plan_from_options`, plus the quant table when MODEL is `hf:ORG/REPO` without a revision."""
     from exlx_autocfg.cli.hub_view import hub_progress
@@ -305,7 +318,7 @@ def choice_from_options(
     request = dict(context=context, cache=cache, backend=backend, min_cache_precision=min_cache_precision,
                    budget=budget, margin_mib=margin_mib, batch_size=batch_size, chunk_size=chunk_size,
                    **preload_companions(draft=draft, draft_cache=draft_cache, tensor_parallel=tensor_parallel,
-                                        loras=loras))
+                                        loras=loras, vision=vision))
     if isinstance(model, ModelSpec):
         if facts is None:
             facts = facts_from_options(gpu=gpu, assume=assume, python=python)

@@ -32,6 +32,7 @@ from exlx_autocfg.cli.planopts import (
     ModelArg,
     PythonOpt,
     TensorParallelOpt,
+    VisionOpt,
     check_plan_options,
     facts_from_options,
     plan_from_options,
@@ -71,6 +72,7 @@ def profile_command(
     draft_cache: DraftCacheOpt = None,
     tensor_parallel: TensorParallelOpt = False,
     lora: LoraOpt = None,
+    vision: VisionOpt = False,
 ) -> int:
     """Plan (same options as `plan`) and write the profile the loader applies."""
     from exlx_autocfg.atomic import output_target
@@ -83,7 +85,7 @@ def profile_command(
 
     spec = preload_model(model, bpw)
     beside = preload_companions(draft=draft, draft_cache=draft_cache, tensor_parallel=tensor_parallel,
-                                loras=lora)
+                                loras=lora, vision=vision)
     facts = facts_from_options(gpu=gpu, assume=assume, python=python)
     plan = plan_from_options(spec, context=context, cache=cache, backend=backend,
                              min_cache_precision=min_cache_precision, budget=budget, margin_mib=margin_mib,
@@ -336,6 +338,8 @@ def replan_command(profile: Profile, path: Path) -> str:
             args += [flag, str(value)]
         elif key == "tensor_parallel" and value:
             args.append("--tensor-parallel")
+        elif key == "vision" and value:
+            args.append("--vision")
         elif key == "loras" and isinstance(value, list):
             for item in value:
                 if isinstance(item, dict):
@@ -357,6 +361,8 @@ def settings_line(profile: Profile) -> str:
         beside += f", draft {s.draft.name} ({s.draft.cache_mode})"
     if s.loras:
         beside += f", {len(s.loras)} LoRA(s)"
+    if s.vision:
+        beside += ", vision tower"
     return (f"{s.backend}, {s.cache_mode} cache, max_seq_len {s.max_seq_len}, chunk {s.max_input_len}, "
             f"{'paged' if s.paged else 'unpaged'}, {split}{beside}")
 
@@ -393,6 +399,9 @@ def render_show(profile: Profile, source: str) -> str:
                               f"rope alpha {d.rope_alpha:g}, scale {d.rope_scale:g}; loaded first)"))
     for lora in s.loras:
         rows.append(("lora", f"{lora.name}  ({lora.path}, scale {lora.scale:g}; applied after the model)"))
+    if s.vision:
+        rows.append(("vision", "true  (ExLlamaV2VisionTower loaded on the first GPU after the draft, before "
+                               "the model)"))
     lines = [f"profile {source}  (schema {profile.schema}, exlx-autocfg {profile.tool_version}, "
              f"created {profile.created})", ""]
     lines.append("settings")

@@ -21,6 +21,8 @@ What TabbyAPI does with each key (theroyallab/tabbyAPI @ 79126f9, exl2-checkpoin
   max_seq_len, cache_size and chunk size, in `draft_cache_mode` (default FP16: always written), by
   `draft_gpu_split` (set_device_map) or, when empty, autosplit with `autosplit_reserve`. `draft_rope_alpha`
   left empty means "auto" from the MODEL's max_position_embeddings; the plan writes the draft's own.
+- `vision: true` loads `ExLlamaV2VisionTower(config)` after the draft and before the model (model.py
+  L619-625); it is written false unless the plan includes the tower (`plan --vision`).
 - `lora:` (config.yml only; main.py L65-69 loads it after the model): `lora_dir` and `loras: [{name,
   scaling}]`, each `ExLlamaV2Lora.from_directory(model, lora_dir / name, scaling)`. A per-model
   tabby_config.yml carries `model:` and `draft_model:` only (common/model.py apply_load_defaults).
@@ -61,6 +63,7 @@ OWNED_KEYS: tuple[str, ...] = (
     "gpu_split_auto",
     "autosplit_reserve",
     "gpu_split",
+    "vision",
 )
 
 
@@ -153,6 +156,8 @@ def model_settings(src: EmitInput, *, per_model: bool = False) -> dict[str, Any]
         s["gpu_split_auto"] = False
         s["autosplit_reserve"] = [mib_ceil(b) for b in src.settings.reserve_bytes] or [96]
         s["gpu_split"] = []
+    # The tower is loaded (and planned) only when asked for (common/config_models.py `vision`, default False).
+    s["vision"] = bool(src.settings.vision)
     return s
 
 

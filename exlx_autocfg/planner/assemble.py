@@ -39,6 +39,7 @@ def memory_rows(gpus: list[GPU], solved: Solved) -> list[DeviceMemory]:
                 total_bytes=dev.total(solved.costs),
                 layers=dev.layers,
                 parts=parts,
+                vision_weights_bytes=parts.get("vision_weights", 0),
             )
         )
     return rows
@@ -61,7 +62,8 @@ def plan_warnings(
             )
         )
     trained = spec.max_position_embeddings
-    if req.context is not None and solved.max_seq_len > trained:
+    defaulted = bool(getattr(spec, "max_seq_len_defaulted", False))
+    if req.context is not None and solved.max_seq_len > trained and not defaulted:
         out.append(finding(
             "context.beyond_trained",
             f"--context {req.context} is beyond the model's trained context {trained} "
@@ -70,6 +72,23 @@ def plan_warnings(
             context=req.context, trained=trained, planned=solved.max_seq_len,
             rope_alpha=round(rope_alpha(trained, solved.max_seq_len), 2),
         ))
+    if defaulted and req.context is None:
+        out.append(finding(
+            "model.context_defaulted",
+            f"{spec.name}: config.json names no context length, so exllamav2 0.3.2 loads it with max_seq_len "
+            f"{trained}, its default, and this plan keeps that; pass --context N for the length the model "
+            "was trained for (Gemma 3 4B-27B: 131072)",
+            default=trained,
+        ))
+    elif defaulted:
+        out.append(finding(
+            "model.context_defaulted",
+            f"{spec.name}: config.json names no context length (exllamav2 0.3.2 would default to {trained}); "
+            f"planned --context {req.context} as asked, with no RoPE scaling advised: the trained length is "
+            "not in the files (Gemma 3 4B-27B reach 131072 with the rope_scaling config.json carries)",
+            default=trained, context=req.context,
+        ))
+    out += _vision_warnings(spec, req, solved)
     out += solved.selection.warnings
     if facts.what_if:
         libs = ", ".join(f"{n} {lib.version}" for n, lib in sorted(facts.libraries.items()) if lib.installed)
@@ -118,6 +137,37 @@ def plan_warnings(
         if g.mig_mode
     ]
     return out
+
+
+def _vision_warnings(spec: Any, req: Request, solved: Solved) -> list[Finding]:
+    """A tower the plan leaves out, or one whose attention the chosen backend runs wrongly."""
+    from exlx_autocfg.planner import vision as vis
+
+    v = getattr(spec, "vision", None)
+    if v is None or spec.rules.vision is None or not vis.vision_tensors_present(spec):
+        return []
+    backend = solved.selection.backend
+    if not req.vision:
+        costs = vis.vision_costs(spec, backend=backend, max_seq_len=solved.max_seq_len)
+        return [finding(
+            "vision.not_planned",
+            f"{spec.name} has a {v.model_type} vision tower this plan leaves out (text only); loading it "
+            f"takes {costs.weights_bytes / MIB:,.0f} MiB on the first GPU and "
+            f"{costs.image_transient_bytes / MIB:,.0f} MiB while embedding an image with {backend}: plan "
+            "--vision to include it",
+            model_type=v.model_type, weights_bytes=costs.weights_bytes,
+            image_transient_bytes=costs.image_transient_bytes,
+        )]
+    if backend == "xformers" and v.window_size:
+        return [finding(
+            "vision.windows_ignored",
+            f"the {v.model_type} tower attends in windows of {v.window_size} pixels on most layers; "
+            "exllamav2 runs it through xformers' memory_efficient_attention, which applies no window "
+            "(vision_tower.py), so image embeddings differ from the model's training: install flash-attn "
+            "(Ampere or newer)",
+            window_size=v.window_size,
+        )]
+    return []
 
 
 def computed_for(facts: Facts, exllamav2: str, req: Request) -> dict[str, Any]:

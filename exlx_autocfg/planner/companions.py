@@ -20,12 +20,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from exlx_autocfg.errors import DoesNotFitError, DraftRefusedError, LoraRefusedError
+from exlx_autocfg import exl2
+from exlx_autocfg.errors import DoesNotFitError, DraftRefusedError, LoraRefusedError, OptionError
 from exlx_autocfg.findings import Finding, finding
 from exlx_autocfg.model.companions import DraftInput, LoraInput, read_draft, read_lora, tokenizer_of
 from exlx_autocfg.model.spec import ModelSpec
 from exlx_autocfg.planner import draft as dr
 from exlx_autocfg.planner import lora as lp
+from exlx_autocfg.planner import vision as vis
 from exlx_autocfg.planner.fit import Beside, Costs, Module, Placed, fit
 from exlx_autocfg.planner.solver import Solver
 from exlx_autocfg.planner.split import set_device_map_allocation
@@ -45,12 +47,18 @@ class Companions:
     tensor_parallel: bool = False
     loras: list[LoraInput] = field(default_factory=list)
     lora_plans: list[lp.LoraPlan] = field(default_factory=list)
+    vision: bool = False  # the vision tower loads too (after the draft, before the model: TabbyAPI)
     model_tokenizer: Any = None
     warnings: list[Finding] = field(default_factory=list)  # from judging the pair and the adapters
 
     @property
     def any(self) -> bool:
-        return self.draft is not None or bool(self.loras) or self.tensor_parallel
+        return self.draft is not None or bool(self.loras) or self.tensor_parallel or self.vision
+
+    @property
+    def solved_with(self) -> bool:
+        """Whether the layer-split solve places something beside the model (TP has its own path)."""
+        return self.draft is not None or bool(self.loras) or self.vision
 
     def draft_mode(self, mode: str) -> str:
         """The draft's cache mode when the model's is `mode`: forced, else the same policy's answer."""
@@ -62,6 +70,9 @@ def resolve(req: Any, spec: ModelSpec) -> Companions:
     depend on the context: a draft that cannot draft for `spec` (DraftRefusedError) and adapters
     ExLlamaV2Lora cannot load on it (LoraRefusedError)."""
     out = Companions(draft_cache=req.draft_cache, tensor_parallel=bool(req.tensor_parallel))
+    if getattr(req, "vision", False):
+        check_vision(spec)
+        out.vision = True
     out.loras = [read_lora(x) for x in req.loras]
     for item in out.loras:
         planned = lp.plan_lora(item.adapter, spec, scale=item.scale)
@@ -146,6 +157,68 @@ def place_draft(draft: ModelSpec, budgets: Sequence[int], reserves: Sequence[int
 
 
 
+# -------------------------------------------------------------------------------------------------- vision
+
+
+def check_vision(spec: ModelSpec) -> None:
+    """--vision needs a tower exllamav2 builds and a checkpoint that carries it (OptionError otherwise)."""
+    if spec.vision is None or spec.rules.vision is None:
+        raise OptionError("vision", True, f"{spec.name} ({spec.architecture}) has no vision tower exllamav2 "
+                          "0.3.2 loads (its config.json names no vision_config model type)")
+    if not vis.vision_tensors_present(spec):
+        raise OptionError("vision", True, f"{spec.name} carries no vision tower tensors (quantized without "
+                          "them): ExLlamaV2VisionTower cannot load")
+
+
+def vision_beside(costs: vis.VisionCosts, n: int) -> list[Beside]:
+    """The tower on its device: weights and the text model's RoPE tables built again there, held; one
+    image's embedding as the transient (its scratch tensor is allocated only for a quantized tower)."""
+    out = [Beside()] * n
+    out[costs.device] = Beside(
+        parts=(("vision_weights", costs.weights_bytes), ("vision_rope", costs.rope_bytes)),
+        transient=costs.image_transient_bytes,
+        transient_part="vision_transient",
+    )
+    return out
+
+
+def vision_reason(costs: vis.VisionCosts, plan: Plan) -> Reason:
+    h, w = costs.max_image
+    return Reason(
+        "vision", costs.model_type, "vision.planned",
+        f"the {costs.model_type} vision tower and projector load on {_gpu_name(plan, costs.device)} after "
+        "the draft and before the model (TabbyAPI; ExLlamaV2VisionTower.load() puts every module on the "
+        f"first CUDA device): {costs.weights_bytes / MIB:,.0f} MiB of fp16 weights, "
+        f"{costs.rope_bytes / MIB:,.1f} MiB of RoPE tables built again there, and "
+        f"{costs.image_transient_bytes / MIB:,.0f} MiB while "
+        f"embedding one {w}x{h} image ({costs.patches} patches, {costs.image_tokens} tokens of context) "
+        f"with {costs.backend} attention",
+        {"model_type": costs.model_type, "device": costs.device, "weights_bytes": costs.weights_bytes,
+         "rope_bytes": costs.rope_bytes, "image_transient_bytes": costs.image_transient_bytes,
+         "max_image": [h, w], "patches": costs.patches, "image_tokens": costs.image_tokens,
+         "backend": costs.backend, "source": exl2.backend_rules()["model_features"]["vision"]["source"]},
+    )
+
+
+def vision_section(costs: vis.VisionCosts, plan: Plan) -> dict[str, Any]:
+    """plan --json's `vision`: the tower's figures, and the GPU it loads on."""
+    position = costs.device
+    return {
+        "model_type": costs.model_type,
+        "gpu_index": plan.gpus[position].index if position < len(plan.gpus) else None,
+        "weights_bytes": costs.weights_bytes,
+        "footprint_bytes": costs.footprint_bytes,
+        "rope_bytes": costs.rope_bytes,
+        "scratch_fixed_bytes": costs.scratch_fixed_bytes,
+        "scratch_bytes": costs.scratch_bytes,
+        "image_transient_bytes": costs.image_transient_bytes,
+        "backend": costs.backend,
+        "max_image": list(costs.max_image),
+        "patches": costs.patches,
+        "image_tokens": costs.image_tokens,
+    }
+
+
 # ------------------------------------------------------------------------------------------------ adapters
 
 
@@ -182,6 +255,7 @@ class CompanionSolver(Solver):
         super().__init__(spec, backend, budgets, reserves, batch)
         self.companions = companions
         self._draft_cache: dict[tuple[str, int, int], dr.DraftPlan | None] = {}
+        self._vision_cache: dict[tuple[int, int], vis.VisionCosts] = {}
         self._with: dict[int, list[Module]] = {}
 
     def modules(self, chunk: int) -> list[Module]:
@@ -214,18 +288,37 @@ class CompanionSolver(Solver):
                 self._draft_cache = {key: self._draft_cache[key]}
         return self._draft_cache[key]
 
+    def vision_at(self, seq_len: int, chunk: int) -> vis.VisionCosts | None:
+        """The vision tower's costs at this point (None: no tower asked for)."""
+        if not self.companions.vision:
+            return None
+        key = (seq_len, min(chunk, seq_len))
+        if key not in self._vision_cache:
+            self._vision_cache[key] = vis.vision_costs(self.spec, backend=self.backend, max_seq_len=seq_len,
+                                                       max_input_len=key[1], max_batch_size=self.batch)
+        return self._vision_cache[key]
+
     def beside_at(self, mode: str, seq_len: int, chunk: int) -> list[Beside] | None:
-        if self.companions.draft is None:
-            return [Beside()] * len(self.budgets)
-        placed = self.draft_at(mode, seq_len, chunk)
-        return None if placed is None else _draft_beside(placed, len(self.budgets))
+        n = len(self.budgets)
+        beside = [Beside()] * n
+        if self.companions.draft is not None:
+            placed = self.draft_at(mode, seq_len, chunk)
+            if placed is None:
+                return None
+            beside = _draft_beside(placed, n)
+        tower = self.vision_at(seq_len, chunk)
+        if tower is not None:
+            if tower.device >= n:
+                return None
+            beside = [b.plus(v) for b, v in zip(beside, vision_beside(tower, n), strict=True)]
+        return beside
 
     def place(self, mode: str, seq_len: int, chunk: int) -> list[Placed] | None:
         chunk = min(chunk, seq_len)
         beside = self.beside_at(mode, seq_len, chunk)
         if beside is None:
             return None
-        plain = self.companions.draft is None
+        plain = self.companions.draft is None and not self.companions.vision
         return fit(self.budgets, self.reserves, self.modules(chunk), self.costs(mode, seq_len, chunk),
                    None if plain else beside)
 
@@ -236,12 +329,17 @@ class CompanionSolver(Solver):
             parts.append(f"the draft {self.companions.draft.spec.name}")
         if self.companions.loras:
             parts.append(f"{len(self.companions.loras)} LoRA adapter(s)")
+        if self.companions.vision:
+            tower = self.vision_at(self.spec.max_position_embeddings, 2048)
+            assert tower is not None
+            parts.append(f"the vision tower ({tower.weights_bytes / MIB:,.0f} MiB, "
+                         f"{tower.image_transient_bytes / MIB:,.0f} MiB per image with {self.backend})")
         return " and ".join(parts)
 
 
 def make_solver(spec: Any, backend: str, budgets: list[int], reserves: list[int], batch: int,
                 companions: Companions | None) -> Solver:
-    if companions is None or not (companions.draft is not None or companions.loras):
+    if companions is None or not companions.solved_with:
         return Solver(spec, backend, budgets, reserves, batch)
     return CompanionSolver(spec, backend, budgets, reserves, batch, companions)
 
@@ -374,8 +472,8 @@ def lora_sections(companions: Companions) -> list[dict[str, Any]]:
 
 def attach(plan: Plan, companions: Companions, solver: Solver, spec: ModelSpec, devices: list[Placed]
            ) -> Plan:
-    """Write the draft and adapters into an assembled layer-split Plan: settings, sections, reasons and
-    warnings (the memory rows already hold their bytes: the solver placed them)."""
+    """Write the draft, adapters and vision tower into an assembled layer-split Plan: settings, sections,
+    reasons and warnings (the memory rows already hold their bytes: the solver placed them)."""
     s = plan.settings
     extra_warnings = list(companions.warnings)
     if companions.draft is not None:
@@ -403,6 +501,15 @@ def attach(plan: Plan, companions: Companions, solver: Solver, spec: ModelSpec, 
         s.loras = lora_settings(companions)
         plan.loras = lora_sections(companions)
         plan.reasons.append(lora_reason(companions, plan, devices))
+    if companions.vision:
+        assert isinstance(solver, CompanionSolver)
+        chunk_reason = plan.reason("chunk_size")
+        chunk = int((chunk_reason.evidence if chunk_reason else {}).get("picked", s.max_input_len))
+        tower = solver.vision_at(s.max_seq_len, chunk)
+        assert tower is not None
+        s.vision = True
+        plan.vision = vision_section(tower, plan)
+        plan.reasons.append(vision_reason(tower, plan))
     seen = {(w.code, w.message) for w in plan.warnings}
     plan.warnings += [w for w in extra_warnings if (w.code, w.message) not in seen]
     plan.request = {**plan.request}

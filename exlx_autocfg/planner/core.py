@@ -77,7 +77,9 @@ def query_for(facts: Facts, spec: Any, gpus: list[GPU], exllamav2: str) -> Backe
         gpus=tuple(gpus),
         exllamav2=exllamav2,
         softcap=bool(spec.attn_logit_softcapping),
-        sliding_window=bool(spec.uses_swa),
+        # arch_compat_overrides judges the architecture's window, not config.json's (config.py L650-672)
+        sliding_window=bool(spec.swa_arch),
+        eager_only=bool(spec.eager_only),
     )
 
 
@@ -121,7 +123,7 @@ def plan(facts: Facts, model: Any, **request: Any) -> Plan:
             finding("plan.detect_problem", f"detect: {p}", problem=str(p)) for p in facts.problems
         )
     beside = None
-    if req.draft is not None or req.loras or req.tensor_parallel:
+    if req.draft is not None or req.loras or req.tensor_parallel or req.vision:
         from exlx_autocfg.planner import companions
 
         beside = companions.resolve(req, spec)  # refusals that need no context raise here

@@ -25,6 +25,7 @@ CATEGORY = {
     "scratch_fixed": "scratch", "rope": "scratch", "activations": "scratch", "attention": "scratch",
     "lora_transient": "scratch", "draft_scratch": "scratch", "draft_rope": "scratch",
     "draft_transient": "scratch", "tp_scratch": "scratch", "tp_transient": "scratch", "load_peak": "scratch",
+    "vision_weights": "weights", "vision_rope": "scratch", "vision_transient": "scratch",
     "reserve": "reserve",
 }
 
@@ -56,15 +57,27 @@ class Costs:
 
 @dataclass(frozen=True)
 class Beside:
-    """What is already on a GPU when the model is placed (a draft model): `parts` are held for good (their
-    sum is `held`), `transient` is one forward's worth that overlaps the model's transients only in time."""
+    """What is already on a GPU when the model is placed (a draft model, the vision tower): `parts` are held
+    for good (their sum is `held`), `transient` is one forward's (or one image's) worth that overlaps the
+    model's transients only in time; `transient_part` names it in the breakdown."""
 
     parts: tuple[tuple[str, int], ...] = ()
     transient: int = 0
+    transient_part: str = "draft_transient"
 
     @property
     def held(self) -> int:
         return sum(n for _, n in self.parts)
+
+    def plus(self, other: Beside) -> Beside:
+        """Both on one GPU: held parts add up; the transients run one after the other (the generator's loop
+        and image embedding share one thread), so the larger one counts."""
+        if not other.parts and not other.transient:
+            return self
+        if not self.parts and not self.transient:
+            return other
+        bigger = self if self.transient >= other.transient else other
+        return Beside(self.parts + other.parts, bigger.transient, bigger.transient_part)
 
 
 NOTHING_BESIDE = Beside()
@@ -110,7 +123,7 @@ def device_parts(
         parts |= {"lora": lora, "lora_transient": c.lora_transient}
     if beside is not NOTHING_BESIDE:
         parts |= dict(beside.parts)
-        parts["draft_transient"] = max(0, beside.transient - _model_transient(c, cache_layers, lora))
+        parts[beside.transient_part] = max(0, beside.transient - _model_transient(c, cache_layers, lora))
     return parts
 
 
@@ -143,8 +156,8 @@ class Placed:
 
     def parts(self, c: Costs) -> dict[str, int]:
         if not self.modules:
-            if self.beside.held:  # only the draft here: it, its transients and the CUDA context
-                return {**dict(self.beside.parts), "draft_transient": self.beside.transient,
+            if self.beside.held:  # only what loads beside the model: it, its transient and the CUDA context
+                return {**dict(self.beside.parts), self.beside.transient_part: self.beside.transient,
                         "reserve": self.reserve}
             return dict.fromkeys(PARTS, 0)
         return device_parts(c, self.weights, self.cache_layers, self.scratch_fixed, self.reserve,

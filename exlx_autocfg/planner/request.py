@@ -13,7 +13,7 @@ DEFAULT_MARGIN_MIB = 256
 # The types a Python caller must pass (the CLI parser gives them already).
 REQUEST_KINDS: dict[str, type] = {"context": int, "cache": str, "backend": str, "min_cache_precision": str,
                                   "budget": str, "margin_mib": int, "batch_size": int, "chunk_size": int,
-                                  "draft_cache": str, "tensor_parallel": bool}
+                                  "draft_cache": str, "tensor_parallel": bool, "vision": bool}
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,7 @@ class Request:
     draft_cache: str | None = None  # force the draft's cache mode (default: the model's)
     tensor_parallel: bool = False  # load_tp over the GPUs in use
     loras: tuple[Any, ...] = ()  # adapters: "DIR[:SCALE]", (DIR, SCALE), {"path", "scale"} or LoraInput
+    vision: bool = False  # load the vision tower and projector too (TabbyAPI `vision: true`)
 
     def values(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -92,9 +93,11 @@ class Request:
         """The options as data (plan --json `request`, a profile's `[request]`): references, not specs,
         so that a profile re-plans with the same draft and adapters; defaults left out."""
         out = {k: v for k, v in self.values().items()
-               if v is not None and k not in ("overheads", "draft", "loras", "tensor_parallel")}
+               if v is not None and k not in ("overheads", "draft", "loras", "tensor_parallel", "vision")}
         if self.tensor_parallel:
             out["tensor_parallel"] = True
+        if self.vision:
+            out["vision"] = True
         if self.draft is not None:
             out["draft"] = _reference(self.draft)
         if self.loras:

@@ -125,7 +125,7 @@ def _rows(gpus: list[GPU], budgets: list[int], reserves: list[int], pt: TPPoint,
             gpu_index=g.index, budget_bytes=budgets[i], weights_bytes=column["weights"],
             cache_bytes=column["cache"], scratch_bytes=column["scratch"], reserve_bytes=column["reserve"],
             total_bytes=sum(parts.values()), layers=list(range(layers)) if d is not None else [],
-            parts=parts))
+            parts=parts, vision_weights_bytes=0))  # no multimodal architecture sets supports_tp in 0.3.2
     return rows
 
 

@@ -60,6 +60,7 @@ class DeviceMemory:
     total_bytes: int
     layers: list[int] = field(default_factory=list)  # decoder layers placed on this GPU
     parts: dict[str, int] = field(default_factory=dict)  # finer breakdown, for the VRAM bar and bench
+    vision_weights_bytes: int = 0  # the vision tower's and projector's weights here (in weights_bytes)
 
 
 @dataclass
@@ -78,6 +79,7 @@ class Plan:
     draft: dict[str, Any] | None = None
     tensor_parallel: dict[str, Any] | None = None
     loras: list[dict[str, Any]] = field(default_factory=list)
+    vision: dict[str, Any] | None = None  # the vision tower's figures (plan --vision)
     computed_for: dict[str, Any] = field(default_factory=dict)  # library versions/tags, exllamav2, what_if
     tool_version: str = ""
     schema: int = PLAN_SCHEMA

@@ -97,6 +97,7 @@ class Prepared:
     draft_cache_class: type | None = None
     draft_gpu_split: list[float] | None = None  # None: load_autosplit (with the model's reserves)
     loras: list[tuple[str, float]] = field(default_factory=list)  # (directory, scale) after the model
+    vision: bool = False  # ExLlamaV2VisionTower(config).load() after the draft, before the model
 
     @property
     def cache_tokens(self) -> int:
@@ -131,6 +132,7 @@ class Loaded:
     draft_model: Any = None
     draft_cache: Any = None
     loras: list[Any] = field(default_factory=list)  # ExLlamaV2Lora, set on the generator
+    vision_model: Any = None  # ExLlamaV2VisionTower: vision_model.get_image_embeddings(model=..., ...)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -249,6 +251,12 @@ def prepare(
         draft_config = _build_draft_config(module, spec, settings, notes)
         draft_cache_class = getattr(module, settings.draft.cache_class)
     loras = _check_loras(spec, settings, notes)
+    if settings.vision:
+        if not getattr(config, "vision_model_type", None):
+            raise LoaderError(f"the profile loads a vision tower, but exllamav2 finds no vision_config in "
+                              f"{model_dir}/config.json", hint="re-plan without --vision")
+        notes.append(f"vision: ExLlamaV2VisionTower ({config.vision_model_type}) loaded on the first GPU "
+                     "after the draft, before the model")
     if settings.tensor_parallel:
         notes.append(f"tensor parallel: load_tp(gpu_split={settings.gpu_split}, expect_cache_base="
                      f"{settings.cache_class}), then ExLlamaV2Cache_TP")
@@ -273,6 +281,7 @@ def prepare(
         draft_gpu_split=(list(settings.draft.gpu_split) if settings.draft and settings.draft.gpu_split
                          else None),
         loras=loras,
+        vision=settings.vision,
     )
 
 
@@ -304,6 +313,10 @@ def load(
         else:
             draft_cache = prepared.make_draft_cache(draft_model, lazy=True)
             draft_model.load_autosplit(draft_cache, reserve_vram=reserves, progress=progress)
+    vision_model = None
+    if prepared.vision:  # after the draft, before the model (TabbyAPI backends/exllamav2/model.py)
+        vision_model = exllamav2.ExLlamaV2VisionTower(prepared.config)
+        vision_model.load(progress=progress)
     model = exllamav2.ExLlamaV2(prepared.config)
     if prepared.tensor_parallel:
         model.load_tp(gpu_split=prepared.gpu_split, progress=progress,
@@ -328,7 +341,7 @@ def load(
         if loras:
             gen.set_loras(loras)
     return Loaded(model=model, cache=cache, tokenizer=tokenizer, generator=gen, prepared=prepared,
-                  draft_model=draft_model, draft_cache=draft_cache, loras=loras)
+                  draft_model=draft_model, draft_cache=draft_cache, loras=loras, vision_model=vision_model)
 
 
 # ---------------------------------------------------------------------------------------------------------
