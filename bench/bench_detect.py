@@ -49,6 +49,10 @@ def main() -> None:
 
     cache_dir = tempfile.mkdtemp(prefix="exlx-bench-cache-")
     env = child_env(xformers_site(args.xformers), EXLX_CACHE_DIR=cache_dir)
+    # Every command runs as after a normal install, with its bytecode cached: the warm-up writes the .pyc
+    # files an editable checkout lacks (an environment that forbids them would recompile only our sources
+    # on every run, while torch's were compiled when pip installed it).
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     exe = str(Path(sys.executable).with_name("exlx-autocfg"))
     commands = {
         "detect --json (cold)": [exe, "detect", "--json", "--refresh"],

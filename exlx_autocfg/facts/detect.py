@@ -42,10 +42,11 @@ def detect(
     """
     timeout = seconds("timeout", timeout)
     check_kind("python", python, str)
+    # The probe's interpreter starts first; the GPUs are read (NVML, sysfs) while it runs.
     with ThreadPoolExecutor(max_workers=1) as pool:
-        gpu_future = pool.submit(_read_gpus_safely)
-        doc = run_probe(python, timeout=timeout, no_import=no_import, refresh=refresh)
-        gpu = gpu_future.result()
+        probe = pool.submit(run_probe, python, timeout=timeout, no_import=no_import, refresh=refresh)
+        gpu = _read_gpus_safely()
+        doc = probe.result()
     return facts_from_probe(doc, gpu, env=dict(os.environ))
 
 
