@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from packaging.version import InvalidVersion, Version
@@ -49,13 +50,15 @@ def _release_tuple(version: str) -> tuple[int, ...]:
     return release(version) or ()
 
 
-def xformers_releases() -> list[XformersRelease]:
+@functools.cache
+def xformers_releases() -> tuple[XformersRelease, ...]:
     rows = load_data("xformers.toml")["release"]
-    return [
+    return tuple(
         XformersRelease(**{k: tuple(v) if isinstance(v, list) else v for k, v in row.items()}) for row in rows
-    ]
+    )
 
 
+@functools.cache  # every plan asks for the same few versions, many times (the backend rules)
 def xformers_release(version: str) -> XformersRelease | None:
     """The table row for an installed xformers version (local build tags and unknown post-releases map
     to the nearest listed release of the same base version)."""

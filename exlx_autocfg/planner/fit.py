@@ -186,22 +186,34 @@ def fit(
     if any(dev.beside.held + dev.beside.transient + dev.reserve > dev.budget for dev in devices
            if dev.beside.held):
         return None  # what loads first does not fit where it was placed
-    d = 0
+    # The hot loop of every plan: device_total inlined for a GPU with nothing beside the model and no
+    # adapter bytes (the same sum; tests/test_planner_fit.py holds fit to device_total).
+    per_device = costs.rope + costs.activations
+    per_layer, with_cache = costs.cache_per_layer, costs.staging + costs.attention
+    d, count = 0, len(devices)
+    if not count:
+        return None if modules else devices
+    dev = devices[0]
     for module in modules:
         while True:
-            if d >= len(devices):
-                return None
-            dev = devices[d]
             weights = dev.weights + module.weight_bytes
             layers = dev.cache_layers + module.has_cache
             scratch = max(dev.scratch_fixed, module.scratch_fixed_bytes)
             lora = dev.lora + module.lora_bytes
-            if device_total(costs, weights, layers, scratch, dev.reserve, lora=lora,
-                            beside=dev.beside) <= dev.budget:
+            if lora or dev.beside is not NOTHING_BESIDE:
+                total = device_total(costs, weights, layers, scratch, dev.reserve, lora=lora,
+                                     beside=dev.beside)
+            else:
+                total = weights + scratch + per_device + dev.reserve + (layers * per_layer + with_cache
+                                                                        if layers else 0)
+            if total <= dev.budget:
                 dev.modules.append(module)
                 dev.weights, dev.cache_layers, dev.scratch_fixed, dev.lora = weights, layers, scratch, lora
                 break
             d += 1
+            if d >= count:
+                return None
+            dev = devices[d]
     return devices
 
 
