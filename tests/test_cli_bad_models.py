@@ -122,3 +122,22 @@ def test_an_architecture_exllamav2_would_load_as_llama(capsys, exl2, tmp_path):
     cfg["architectures"] = ["Gemma3ForCausalLM"]  # the text-only 1B's architecture string
     (d / "config.json").write_text(json.dumps(cfg))
     _expect_refusal(capsys, d, "Gemma3ForCausalLM is not one exllamav2 0.3.2 recognises", "LlamaForCausalLM")
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("num_hidden_layers", 2**40, "says num_hidden_layers 1099511627776, but the safetensors files hold"),
+        ("num_local_experts", 2**40, "says 1099511627776 experts, but the safetensors files hold"),
+    ],
+)
+def test_absurd_counts_are_refused_at_once(tmp_path, capsys, key, value, message):
+    """A layer or expert count the headers cannot hold is refused before anything loops over it (a
+    hypothesis run found `num_hidden_layers: 2**40` kept check_keys busy for good)."""
+    directory = make_model_dir(tmp_path, "tiny-mixtral" if "experts" in key else "tiny-llama")
+    config = json.loads((directory / "config.json").read_text())
+    config[key] = value  # after the tensors were written for the real count
+    (directory / "config.json").write_text(json.dumps(config))
+    assert run(["plan", str(directory), "--gpu", "3090"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err

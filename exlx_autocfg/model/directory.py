@@ -128,6 +128,11 @@ def spec_from_parts(
         **extra,
     )
     check_keys(spec, rules, where)
+    if spec.vision is not None and spec.vision.num_layers > len(spec.tensors):
+        raise ModelSpecError(
+            f"{where}: config.json says the vision tower has {spec.vision.num_layers} layers, but the "
+            f"safetensors files hold {len(spec.tensors)} tensors in all"
+        )
     _check_experts(spec, where)
     _check_shapes(spec, where)
     return spec
@@ -178,6 +183,17 @@ def check_keys(spec: ModelSpec, rules: ArchRules, where: str) -> None:
     """config.py check_keys for the language model (L446-488; the vision tower's and projector's key lists
     are empty in 0.3.2): every expected key present as .q_weight, .qweight, .weight or bare, per layer for
     each group of alternatives, per expert when config.json names more than one expert."""
+    if spec.num_hidden_layers > len(spec.tensors):  # before expecting each of 2**40 layers' tensors
+        raise ModelSpecError(
+            f"{where}: config.json says num_hidden_layers {spec.num_hidden_layers}, but the safetensors "
+            f"files hold {len(spec.tensors)} tensors in all (each layer has several)"
+        )
+    experts = spec.config_num_experts or 0
+    if experts > len(spec.tensors):
+        raise ModelSpecError(
+            f"{where}: config.json says {experts} experts, but the safetensors files hold "
+            f"{len(spec.tensors)} tensors in all"
+        )
     lm = rules.lm
     expect = [list(group) for group in lm.expect_keys]
     if spec.tie_word_embeddings and ["lm_head"] in expect:  # architecture.py L946-951
@@ -186,6 +202,12 @@ def check_keys(spec: ModelSpec, rules: ArchRules, where: str) -> None:
     if spec.checkpoint_fused_mlp:
         layer_keys = [g for g in layer_keys if g not in _LLAMA_MLP] + list(_SWIGLU)
     experts = spec.config_num_experts
+    per_expert = any(".*." in k for group in layer_keys for k in group)
+    if experts and per_expert and spec.num_hidden_layers * experts > len(spec.tensors):
+        raise ModelSpecError(
+            f"{where}: config.json says {spec.num_hidden_layers} layers of {experts} experts, but the "
+            f"safetensors files hold {len(spec.tensors)} tensors in all"
+        )
     if experts and experts != 1:
         layer_keys = sorted(
             {tuple(k.replace(".*.", f".{e}.") for k in group) for e in range(experts) for group in layer_keys}
