@@ -162,6 +162,8 @@ def checkpoint_tensors(
     h = spec.hidden_size
     out: list[tuple[str, str, tuple[int, ...]]] = []
     written_fused: set[str] = set()
+    nodes = lm_modules(spec)
+    fused_rows = _fused_rows(nodes)
 
     def linear(lin: LinearNode, qparams: QParams) -> None:
         if quant == "exl2":
@@ -172,7 +174,7 @@ def checkpoint_tensors(
         if lin.fused_key is not None:
             if lin.fused_key not in written_fused:
                 written_fused.add(lin.fused_key)
-                rows = _fused_rows(spec, lin.fused_key)
+                rows = fused_rows[lin.fused_key]
                 out.append((f"{lin.fused_key}.weight", fdt, (rows, lin.in_features)))
                 if lin.bias:
                     out.append((f"{lin.fused_key}.bias", fdt, (rows,)))
@@ -190,7 +192,7 @@ def checkpoint_tensors(
         ):
             out.append((f"{n}.weight", fdt, (heads, spec.head_dim) if quant == "exl2" else (spec.head_dim,)))
 
-    for node in lm_modules(spec):
+    for node in nodes:
         if node.kind == "embedding":
             out.append((f"{node.key}.weight", fdt, (spec.vocab_size, h)))
         elif node.kind == "pos_embedding":
@@ -236,15 +238,15 @@ def _compile_order(node: ModuleNode) -> list[LinearNode]:
     return [*gate, up, down]
 
 
-def _fused_rows(spec: ModelSpec, fused_key: str) -> int:
-    ends = [
-        lin.fused_range[1]
-        for node in lm_modules(spec)
-        for part in (node, *node.parts)
-        for lin in part.linears
-        if lin.fused_key == fused_key and lin.fused_range
-    ]
-    return max(ends)
+def _fused_rows(nodes: tuple[ModuleNode, ...]) -> dict[str, int]:
+    """The row count of each fused tensor: the end of the last projection sliced from it."""
+    rows: dict[str, int] = {}
+    for node in nodes:
+        for part in (node, *node.parts):
+            for lin in part.linears:
+                if lin.fused_key is not None and lin.fused_range:
+                    rows[lin.fused_key] = max(rows.get(lin.fused_key, 0), lin.fused_range[1])
+    return rows
 
 
 def vision_checkpoint_tensors(spec: ModelSpec, dtype: str) -> list[tuple[str, str, tuple[int, ...]]]:
