@@ -187,7 +187,9 @@ def fit(
            if dev.beside.held):
         return None  # what loads first does not fit where it was placed
     # The hot loop of every plan: device_total inlined for a GPU with nothing beside the model and no
-    # adapter bytes (the same sum; tests/test_planner_fit.py holds fit to device_total).
+    # adapter bytes (the same sum; tests/test_planner_fit.py holds fit to device_total). An empty Beside
+    # adds nothing, whether or not it is the NOTHING_BESIDE sentinel.
+    plain = [not (s.parts or s.transient) for s in besides]
     per_device = costs.rope + costs.activations
     per_layer, with_cache = costs.cache_per_layer, costs.staging + costs.attention
     d, count = 0, len(devices)
@@ -200,7 +202,7 @@ def fit(
             layers = dev.cache_layers + module.has_cache
             scratch = max(dev.scratch_fixed, module.scratch_fixed_bytes)
             lora = dev.lora + module.lora_bytes
-            if lora or dev.beside is not NOTHING_BESIDE:
+            if lora or not plain[d]:
                 total = device_total(costs, weights, layers, scratch, dev.reserve, lora=lora,
                                      beside=dev.beside)
             else:
