@@ -73,11 +73,3 @@ def xformers_release(version: str) -> XformersRelease | None:
     same_base = [r for r in rows if Version(r.version).release == wanted.release]
     below = [r for r in same_base if Version(r.version) <= wanted]
     return (below or same_base or [None])[-1]
-
-
-def xformers_release_for_torch(torch_version: str) -> XformersRelease | None:
-    """The newest release whose compiled ops load on this torch (for the pinned `pip install` fix)."""
-    candidates = [r for r in xformers_releases() if r.loads_on_torch(torch_version)]
-    exact = [r for r in candidates if not r.stable_abi]
-    pool = exact or candidates
-    return max(pool, key=lambda r: Version(r.version)) if pool else None

@@ -34,7 +34,7 @@ class GpuRef(Protocol):
 @dataclass
 class EmitInput:
     settings: Settings
-    gpus: list[Any]  # GpuRef, the GPUs the settings use, in CUDA order
+    gpus: list[GpuRef]  # the GPUs the settings use, in CUDA order
     model_name: str
     model_path: str | None  # None for catalog and Hub models
     model_source: str | None = None  # where a model with no local path comes from ("hf:org/repo@rev, ...")

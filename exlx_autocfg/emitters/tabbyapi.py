@@ -49,35 +49,8 @@ from exlx_autocfg.emitters.yaml_merge import dump_yaml
 from exlx_autocfg.versions import cc_of
 
 SECTION = "model"
-# The keys exlx-autocfg owns in the `model:` section; merging changes these and nothing else.
-OWNED_KEYS: tuple[str, ...] = (
-    "backend",
-    "model_dir",
-    "model_name",
-    "max_seq_len",
-    "cache_size",
-    "cache_mode",
-    "chunk_size",
-    "max_batch_size",
-    "tensor_parallel",
-    "gpu_split_auto",
-    "autosplit_reserve",
-    "gpu_split",
-    "vision",
-)
-
-
 DRAFT_SECTION = "draft_model"
-DRAFT_KEYS: tuple[str, ...] = (
-    "draft_model_dir",
-    "draft_model_name",
-    "draft_rope_scale",
-    "draft_rope_alpha",
-    "draft_cache_mode",
-    "draft_gpu_split",
-)
 LORA_SECTION = "lora"
-LORA_KEYS: tuple[str, ...] = ("lora_dir", "loras")
 
 
 def _flash_min_cc() -> str:

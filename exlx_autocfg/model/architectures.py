@@ -12,9 +12,12 @@ import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from exlx_autocfg.data import load_data
+
+if TYPE_CHECKING:
+    from exlx_autocfg.model.vision import VisionSpec
 
 RopeStyle = str  # "neox" | "gptj" | "none" (architecture.py RopeStyle)
 
@@ -80,7 +83,10 @@ class VisionArch:
     mmp: ArchParams
     # Pixtral / Mistral 3: mmp.mlp_bias = bool(config.get("multimodal_projector_bias", True))
     mmp_bias_from_config: str | None = None
-    mmp_bias_config_default: bool = False
+
+    def projector_bias(self, vision: VisionSpec) -> bool:
+        """Whether the projector's linears have a bias: from the config where this architecture reads it."""
+        return bool(vision.multimodal_projector_bias) if self.mmp_bias_from_config else self.mmp.mlp_bias
 
 
 @dataclass(frozen=True)
@@ -176,7 +182,6 @@ def arch_rules(name: str) -> ArchRules | None:
             vt=replace(vt, is_vision=True),
             mmp=mmp,
             mmp_bias_from_config=v.get("mmp", {}).get("mlp_bias_from_config"),
-            mmp_bias_config_default=bool(v.get("mmp", {}).get("mlp_bias_config_default", False)),
         )
     keymap = tuple(tuple(pair) for pair in data["arch_keymaps"][entry["keymap"]]) if "keymap" in entry else ()
     return ArchRules(

@@ -168,14 +168,13 @@ def _moe(spec: ModelSpec, key: str, layer: int, ap: ArchParams) -> ModuleNode:
     experts = spec.num_experts or 0
     linears: list[LinearNode] = []
     w1, w2, w3 = key + km["mlp_gate"], key + km["mlp_down"], key + km["mlp_up"]
-    for role, pattern, rows, cols in (("w1", w1, h, inter), ("w2", w2, inter, h), ("w3", w3, h, inter)):
+    for pattern, rows, cols in ((w1, h, inter), (w2, inter, h), (w3, h, inter)):
         f_key = pattern.replace(".*.", ".")
         for e in range(experts):
             rng = (e * inter, (e + 1) * inter)
             linears.append(
                 LinearNode(pattern.replace("*", str(e)), rows, cols, spec.mlp_bias, True, f_key, rng)
             )
-        del role
     gate = LinearNode(key + km["mlp_expert_gate"], h, experts, False, pad32=False)
     return ModuleNode(
         key,
@@ -313,9 +312,7 @@ def vision_modules(spec: ModelSpec) -> tuple[ModuleNode, ...]:
         )
     if vt.mlp_merger:
         merge = v.spatial_merge_size**2
-        bias = mmp.mlp_bias
-        if arch.mmp_bias_from_config:
-            bias = bool(v.multimodal_projector_bias)
+        bias = arch.projector_bias(v)
         out.append(
             _mlp(
                 arch.mmp_prefix,

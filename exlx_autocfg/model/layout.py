@@ -307,7 +307,7 @@ def vision_checkpoint_tensors(spec: ModelSpec, dtype: str) -> list[tuple[str, st
         norm(mp + mmp.keys["input_projection_norm"], d, False)
         out.append((f"{mp}{mmp.keys['input_projection']}.weight", dtype, (d, spec.hidden_size)))
         return out
-    bias = bool(v.multimodal_projector_bias) if arch.mmp_bias_from_config else mmp.mlp_bias
+    bias = arch.projector_bias(v)
     merge = v.spatial_merge_size**2
     if v.model_type in ("qwen2", "qwen2.5"):  # Qwen2VL PatchMerger: ln_q, mlp.0 (d*m -> d*m), mlp.2
         norm(mp + mmp.keys["norm_2"], d, mmp.norm == "layernorm" and v.model_type == "qwen2")

@@ -41,9 +41,6 @@ def gives_wrong_output(findings: list[Finding]) -> Finding | None:
     return next((f for f in findings if f.code in WRONG_OUTPUT), None)
 
 
-# ------------------------------------------------------------------------------------------- derivations
-
-
 # ---------------------------------------------------------------------------------------------- the query
 
 
@@ -109,12 +106,6 @@ def _details(q: BackendQuery, package: str) -> dict[str, Any]:
     lib = q.facts.lib(package)
     derived = derived_details(package, lib.version or "", q.torch_version()) if lib.version else {}
     return {**derived, **{k: v for k, v in lib.details.items() if v is not None}}
-
-
-def _eager_only(q: BackendQuery) -> list[str]:
-    """arch_compat_overrides (config.py L640-647): an eager-only architecture gets no flash-attn, xformers
-    or SDPA (profiles/backends.toml [model_features.eager_only])."""
-    return [rules()["model_features"]["eager_only"]["reason"]] if q.eager_only else []
 
 
 # ------------------------------------------------------------------------------------------------ backends

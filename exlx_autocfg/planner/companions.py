@@ -29,6 +29,7 @@ from exlx_autocfg.planner import draft as dr
 from exlx_autocfg.planner import lora as lp
 from exlx_autocfg.planner import vision as vis
 from exlx_autocfg.planner.fit import Beside, Costs, Module, Placed, fit
+from exlx_autocfg.planner.rope import rope_alpha
 from exlx_autocfg.planner.solver import Solver
 from exlx_autocfg.planner.split import set_device_map_allocation
 from exlx_autocfg.planner.types import Plan, Reason
@@ -415,7 +416,7 @@ def draft_reasons(companions: Companions, placed: dr.DraftPlan, mode: str, max_s
             "the same mode (written out: TabbyAPI's own default is "
             f"{dr.rules()['settings']['tabby_default_cache_mode']})", {"mode": dmode}))
     trained = spec.max_position_embeddings
-    alpha = round(dr.rope_alpha_for(trained, max_seq_len), 4)
+    alpha = round(rope_alpha(trained, max_seq_len), 4)
     if alpha > 1.0:
         reasons.append(Reason(
             "draft_rope_alpha", f"{alpha:g}", "draft.rope.alpha",

@@ -379,11 +379,6 @@ def place_draft_gpu_split(
 # ------------------------------------------------------------------------------------------- the pair
 
 
-def rope_alpha_for(trained: int, target: int) -> float:
-    """TabbyAPI's calculate_rope_alpha(trained, target): 1 up to the trained length, else its quadratic."""
-    return rope_alpha(trained, target)
-
-
 def cache_length(spec: ModelSpec, mode: str, tokens: int) -> int:
     """max_seq_len a cache of `tokens` reports (a Q cache rounds up to its q_block)."""
     if mode == "FP16":
@@ -463,7 +458,7 @@ def judge_draft(
             )
         )
     if draft.max_position_embeddings < cache_size:
-        alpha = rope_alpha_for(draft.max_position_embeddings, cache_size)
+        alpha = rope_alpha(draft.max_position_embeddings, cache_size)
         out.append(
             finding(
                 "draft.context_beyond_trained",

@@ -31,7 +31,6 @@ from exlx_autocfg.versions import at_least, in_specifier
 MiB = 1024**2
 TPRange = tuple[int, int, int]  # (device, first, end) as TPContext stores its splits
 KINDS = ("kv", "q", "intermediate", "hidden", "vocab")
-PAGE = 256
 
 
 @functools.cache
@@ -541,48 +540,6 @@ def tp_fit(
     )
     fits = all(max(d.total_bytes, d.load_bytes) + reserves[d.device] <= budgets[d.device] for d in devices)
     return TPFit(split, devices, alloc, fits)
-
-
-def max_tp_seq_len(
-    spec: ModelSpec,
-    budgets: Sequence[int],
-    reserves: Sequence[int],
-    *,
-    cache_mode: str,
-    max_input_len: int,
-    cap: int,
-    max_batch_size: int = 1,
-) -> int:
-    """The largest multiple of 256 <= cap at which tp_fit fits (0: none). The split is re-derived at each
-    length, as load_tp re-derives it from the cache it expects."""
-
-    def ok(tokens: int) -> bool:
-        try:
-            return tp_fit(
-                spec,
-                budgets,
-                reserves,
-                cache_mode=cache_mode,
-                max_seq_len=tokens,
-                max_input_len=min(max_input_len, tokens),
-                max_batch_size=max_batch_size,
-            ).fits
-        except DoesNotFitError:
-            return False
-
-    lo, hi = 0, cap // PAGE
-    if hi < 1 or not ok(PAGE):
-        return 0
-    if ok(hi * PAGE):
-        return hi * PAGE
-    lo = 1
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if ok(mid * PAGE):
-            lo = mid
-        else:
-            hi = mid
-    return lo * PAGE
 
 
 # ------------------------------------------------------------------------------------------- the rules

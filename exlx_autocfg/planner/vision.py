@@ -48,13 +48,6 @@ class VisionCosts:
     image_tokens: int  # embeddings it adds to the text model's context (special tokens included)
     modules: tuple[memory.ModuleCost, ...] = ()
 
-    @property
-    def device_bytes(self) -> int:
-        """Everything the tower adds to its device at its peak: weights, the duplicated RoPE tables and the
-        transient of one image (its scratch tensor is never allocated for the FP16 towers of 0.3.2)."""
-        return self.weights_bytes + self.rope_bytes + self.image_transient_bytes
-
-
 def _tensor_bytes(spec: ModelSpec, keys: tuple[str, ...]) -> int:
     have = spec.tensor_bytes
     return sum(have.get(k, 0) for k in keys)

@@ -229,11 +229,6 @@ class FakeHub:
             self._settled()
             return sum(s.body_bytes for s in self._log)
 
-    def requests(self, method: str | None = None, contains: str = "") -> list[Served]:
-        with self._lock:
-            self._settled()
-            return [s for s in self._log if (method is None or s.method == method) and contains in s.path]
-
     def reset(self) -> None:
         with self._lock:
             self._settled()

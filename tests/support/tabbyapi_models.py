@@ -21,7 +21,6 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, constr, create_model
 
-SOURCE = "theroyallab/tabbyAPI@79126f9 common/config_models.py"
 CACHE_SIZES = Literal["FP16", "Q8", "Q6", "Q4"]  # L12
 CACHE_TYPE = Union[CACHE_SIZES, constr(pattern=r"^[2-8]\s*,\s*[2-8]$")]  # L13
 
