@@ -156,23 +156,13 @@ def emit(
         emit_source: object = read_profile(source)
         machine_gpus = None
     else:
-        from exlx_autocfg.cli.planopts import (
-            check_plan_options,
-            facts_from_options,
-            plan_from_options,
-            preload_companions,
-            preload_model,
-        )
+        from exlx_autocfg.cli.planopts import plan_with_facts
 
-        check_plan_options(gpu=gpu, python=python)
-        spec = preload_model(source, bpw)  # bad model input fails before any probing
-        beside = preload_companions(draft=draft, draft_cache=draft_cache, tensor_parallel=tensor_parallel,
-                                    loras=lora, vision=vision)
-        facts = facts_from_options(gpu=gpu, assume=assume, python=python)
-        emit_source = plan_from_options(spec, facts=facts, context=context, cache=cache, backend=backend,
-                                        min_cache_precision=min_cache_precision, budget=budget,
-                                        margin_mib=margin_mib, batch_size=batch_size, chunk_size=chunk_size,
-                                        bpw=bpw, **beside)
+        emit_source, facts = plan_with_facts(
+            source, gpu=gpu, assume=assume, python=python, bpw=bpw, draft=draft, draft_cache=draft_cache,
+            tensor_parallel=tensor_parallel, loras=lora, vision=vision, context=context, cache=cache,
+            backend=backend, min_cache_precision=min_cache_precision, budget=budget, margin_mib=margin_mib,
+            batch_size=batch_size, chunk_size=chunk_size)
         machine_gpus = len(facts.gpu.gpus)
 
     result = render(emit_source, fmt, shell=shell, script=script, include_plan=not _is_profile(source),

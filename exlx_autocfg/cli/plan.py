@@ -74,10 +74,6 @@ def plan_command(
 ) -> None:
     """Plan the best ExLlamaV2 settings for MODEL on this machine (or a what-if machine), with reasons.
     For hf:ORG/REPO without a revision: the quant table of its EXL2 branches, then the best one's plan."""
-    from exlx_autocfg.cli.planopts import preload_companions
-
-    beside = preload_companions(draft=draft, draft_cache=draft_cache, tensor_parallel=tensor_parallel,
-                                loras=lora, vision=vision)
     plan, hub_choice = choice_from_options(
         model,
         gpu=gpu,
@@ -93,7 +89,11 @@ def plan_command(
         bpw=bpw,
         python=python,
         progress=False if json_out else None,
-        **beside,
+        draft=draft,
+        draft_cache=draft_cache,
+        tensor_parallel=tensor_parallel,
+        loras=lora,
+        vision=vision,
     )
     if json_out:
         doc = plan.to_dict() | (hub_choice.json_extra() if hub_choice else {})

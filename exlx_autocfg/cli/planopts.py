@@ -191,17 +191,24 @@ def check_plan_options(*, gpu: list[str] | None = None, python: str | None = Non
                           "does not probe an interpreter; give its libraries with --assume PKG==VERSION")
 
 
-def preload_model(model: str, bpw: float | None = None) -> str | ModelSpec:
+def preload_model(model: str, bpw: float | None = None, progress: bool | None = False) -> str | ModelSpec:
     """The model read before any probing, so that bad model input fails first; a Hub repo without a
     revision stays a reference (plan_from_options compares its branches: the quant table)."""
     from exlx_autocfg.model.hub import is_hub_ref, parse_hub_ref
-    from exlx_autocfg.model.load import load_model_spec
 
     hub_ref = parse_hub_ref(model) if is_hub_ref(model) else None
     if hub_ref is not None and bpw is not None:
         raise _hub_bpw(hub_ref, bpw)
     if hub_ref is not None and hub_ref.revision is None:
         return model
+    if hub_ref is not None:
+        from exlx_autocfg.cli.hub_view import hub_progress
+        from exlx_autocfg.model.hub import read_hub_spec
+
+        with hub_progress(progress) as report:
+            return read_hub_spec(hub_ref, progress=report)
+    from exlx_autocfg.model.load import load_model_spec
+
     return load_model_spec(model, bpw=bpw)
 
 
@@ -249,6 +256,20 @@ def facts_from_options(
 
     facts = detect(python=python)
     return what_if_facts(None, assume, base=facts) if assume else facts
+
+
+def plan_with_facts(
+    model: str, *, gpu: list[str] | None = None, assume: list[str] | None = None, python: str | None = None,
+    bpw: float | None = None, draft: Any = None, draft_cache: str | None = None,
+    tensor_parallel: bool = False, loras: list[Any] | None = None, vision: bool = False, **request: Any,
+) -> tuple[Plan, Facts]:
+    """The model, its companions, then the facts (bad input fails before any probing), then the plan."""
+    check_plan_options(gpu=gpu, python=python)
+    spec = preload_model(model, bpw)
+    beside = preload_companions(draft=draft, draft_cache=draft_cache, tensor_parallel=tensor_parallel,
+                                loras=loras, vision=vision)
+    facts = facts_from_options(gpu=gpu, assume=assume, python=python)
+    return plan_from_options(spec, facts=facts, bpw=bpw, **request, **beside), facts
 
 
 def plan_from_options(
@@ -310,8 +331,6 @@ def choice_from_options(
     vision: bool = False,
 ) -> tuple[Plan, HubChoice | None]:
     """`plan_from_options`, plus the quant table when MODEL is `hf:ORG/REPO` without a revision."""
-    from exlx_autocfg.cli.hub_view import hub_progress
-    from exlx_autocfg.model.hub import is_hub_ref, parse_hub_ref
     from exlx_autocfg.planner.core import plan
 
     check_plan_options(gpu=gpu, python=python)
@@ -319,33 +338,18 @@ def choice_from_options(
                    budget=budget, margin_mib=margin_mib, batch_size=batch_size, chunk_size=chunk_size,
                    **preload_companions(draft=draft, draft_cache=draft_cache, tensor_parallel=tensor_parallel,
                                         loras=loras, vision=vision))
-    if isinstance(model, ModelSpec):
-        if facts is None:
-            facts = facts_from_options(gpu=gpu, assume=assume, python=python)
-        return plan(facts, model, **request), None
-    hub_ref = parse_hub_ref(model) if is_hub_ref(model) else None
-    if hub_ref is not None and bpw is not None:
-        raise _hub_bpw(hub_ref, bpw)
-    if hub_ref is not None and hub_ref.revision is None:
-        from exlx_autocfg.cli.hub_view import HubChoice
-        from exlx_autocfg.model.hub import read_hub_branches
+    spec = model if isinstance(model, ModelSpec) else preload_model(model, bpw, progress)
+    if isinstance(spec, str):  # hf:ORG/REPO without a revision: plan every branch, keep the best
+        from exlx_autocfg.cli.hub_view import HubChoice, hub_progress
+        from exlx_autocfg.model.hub import parse_hub_ref, read_hub_branches
         from exlx_autocfg.planner.candidates import choose_candidate
 
         with hub_progress(progress) as report:
-            listing = read_hub_branches(hub_ref.repo, progress=report)
+            listing = read_hub_branches(parse_hub_ref(spec).repo, progress=report)
         if facts is None:
             facts = facts_from_options(gpu=gpu, assume=assume, python=python)
         choice = choose_candidate(facts, listing.branches, **request)
         return choice.plan, HubChoice(listing, choice)
-    if hub_ref is not None:
-        from exlx_autocfg.model.hub import read_hub_spec
-
-        with hub_progress(progress) as report:
-            spec = read_hub_spec(hub_ref, progress=report)
-    else:
-        from exlx_autocfg.model.load import load_model_spec
-
-        spec = load_model_spec(model, bpw=bpw)
     if facts is None:
         facts = facts_from_options(gpu=gpu, assume=assume, python=python)
     return plan(facts, spec, **request), None

@@ -34,8 +34,6 @@ from exlx_autocfg.cli.planopts import (
     TensorParallelOpt,
     VisionOpt,
     check_plan_options,
-    facts_from_options,
-    plan_from_options,
 )
 from exlx_autocfg.errors import EXIT_NEGATIVE, EXIT_OK
 from exlx_autocfg.profile.format import (
@@ -76,20 +74,17 @@ def profile_command(
 ) -> int:
     """Plan (same options as `plan`) and write the profile the loader applies."""
     from exlx_autocfg.atomic import output_target
-    from exlx_autocfg.cli.planopts import preload_model
 
     check_plan_options(gpu=gpu, python=python)
     if out is not None:
         output_target(out)  # a device, FIFO or socket is refused before any probing
-    from exlx_autocfg.cli.planopts import preload_companions
+    from exlx_autocfg.cli.planopts import plan_with_facts
 
-    spec = preload_model(model, bpw)
-    beside = preload_companions(draft=draft, draft_cache=draft_cache, tensor_parallel=tensor_parallel,
-                                loras=lora, vision=vision)
-    facts = facts_from_options(gpu=gpu, assume=assume, python=python)
-    plan = plan_from_options(spec, context=context, cache=cache, backend=backend,
-                             min_cache_precision=min_cache_precision, budget=budget, margin_mib=margin_mib,
-                             batch_size=batch_size, chunk_size=chunk_size, bpw=bpw, facts=facts, **beside)
+    plan, facts = plan_with_facts(
+        model, gpu=gpu, assume=assume, python=python, bpw=bpw, draft=draft, draft_cache=draft_cache,
+        tensor_parallel=tensor_parallel, loras=lora, vision=vision, context=context, cache=cache,
+        backend=backend, min_cache_precision=min_cache_precision, budget=budget, margin_mib=margin_mib,
+        batch_size=batch_size, chunk_size=chunk_size)
     profile = profile_from_plan(plan, facts)
     path = out or default_profile_path(plan.model.name, plan.model.fingerprint, profile.computed_for.machine)
     write_profile(profile, path)
