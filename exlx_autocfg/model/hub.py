@@ -225,6 +225,11 @@ def _gb(n: int) -> str:
     return f"{n / 1e9:.2f} GB"
 
 
+def _weights(files: dict[str, int | None]) -> list[str]:
+    """The revision's top-level safetensors files, in name order (exllamav2 globs *.safetensors there)."""
+    return sorted(n for n in files if "/" not in n and n.endswith(".safetensors"))
+
+
 class HubReader:
     """Reads model specs and branch lists from one Hub endpoint. Arguments default to the environment:
     HF_ENDPOINT, HF_TOKEN / the saved login, HF_HUB_OFFLINE, HF_HUB_DOWNLOAD_TIMEOUT."""
@@ -315,7 +320,11 @@ class HubReader:
 
     # ------------------------------------------------------------------------------- one revision
 
-    def _read(self, repo: str, revision: str, listing: Listing, meter: _Meter) -> ModelSpec:
+    def _read(
+        self, repo: str, revision: str, listing: Listing, meter: _Meter, *, raw_config: bytes | None = None,
+        headers_read: dict[str, SafetensorsHeader] | None = None,
+    ) -> ModelSpec:
+        """The spec of one revision; `raw_config` and `headers_read`: what the caller already read of it."""
         where = f"hf:{repo}@{revision}"
         files, commit = listing.files, listing.commit
         if CONFIG_FILE not in files:
@@ -323,12 +332,13 @@ class HubReader:
                 f"{where} (commit {commit[:12]}): no config.json in this revision ({_describe(files)}); "
                 f"not a model revision (`plan hf:{repo}` lists the branches that are)"
             )
-        weights = sorted(n for n in files if "/" not in n and n.endswith(".safetensors"))
+        weights = _weights(files)
         if not weights:
             raise ModelSpecError(
                 f"{where} (commit {commit[:12]}): no .safetensors files ({_describe(files)})"
             )
-        raw_config = self._small_file(repo, commit, CONFIG_FILE, files, where, meter)
+        if raw_config is None:
+            raw_config = self._small_file(repo, commit, CONFIG_FILE, files, where, meter)
         config = parse_json_bytes(raw_config, f"{where}/{CONFIG_FILE}")
         index = None
         if INDEX_FILE in files:
@@ -342,7 +352,10 @@ class HubReader:
         headers = []
         for i, name in enumerate(weights):
             self._tick(f"{where}: {name}", i, len(weights))
-            headers.append((name, self._header(repo, commit, name, files.get(name), where, meter)))
+            header = (headers_read or {}).get(name)
+            if header is None:
+                header = self._header(repo, commit, name, files.get(name), where, meter)
+            headers.append((name, header))
         self._tick(f"{where}: {len(weights)} headers", len(weights), len(weights))
         spec = spec_from_parts(
             name=f"{repo}@{revision}",
@@ -391,7 +404,7 @@ class HubReader:
         with _metering(meter):
             listing = self._listing(repo, branch.commit)
             files = listing.files
-            weights = sorted(n for n in files if "/" not in n and n.endswith(".safetensors"))
+            weights = _weights(files)
             size = sum(files.get(n) or 0 for n in weights)
             out = BranchRead(branch.name, branch.commit, download_bytes=size)
             gguf = sorted(n for n in files if n.endswith(".gguf"))
@@ -410,6 +423,7 @@ class HubReader:
     def _classify(self, repo: str, branch: Branch, listing: Listing, meter: _Meter, out: BranchRead) -> None:
         """Read the branch as a spec when it is EXL2; otherwise say why not, reading as little as possible."""
         where = f"hf:{repo}@{branch.name}"
+        headers_read: dict[str, SafetensorsHeader] = {}
         try:
             raw = self._small_file(repo, listing.commit, CONFIG_FILE, listing.files, where, meter)
             config = parse_json_bytes(raw, f"{where}/{CONFIG_FILE}")
@@ -422,14 +436,16 @@ class HubReader:
             if method is None:
                 # exllamav2's converter writes quantization_config (compile.py); older EXL2 quants lack it, so
                 # look for EXL2 tensors in the first header before reading the rest.
-                first = sorted(n for n in listing.files if "/" not in n and n.endswith(".safetensors"))[0]
+                first = _weights(listing.files)[0]
                 header = self._header(repo, listing.commit, first, listing.files.get(first), where, meter)
+                headers_read[first] = header
                 if not any(name.endswith(".q_weight") for name in header.tensors):
                     out.skipped = ("an unquantized checkpoint (no quantization_config, "
                                    "no EXL2 q_weight tensors)")
                     out.skip_code = "hub.skip.not_exl2"
                     return
-            out.spec = self._read(repo, branch.name, listing, meter)
+            out.spec = self._read(repo, branch.name, listing, meter, raw_config=raw,
+                                  headers_read=headers_read)
         except ModelSpecError as exc:  # this branch's files are broken: skip it, plan the others
             out.skipped, out.skip_code = exc.one_line(), "hub.skip.unreadable"
 
