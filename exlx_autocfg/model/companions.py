@@ -38,7 +38,7 @@ def reference_of(spec: ModelSpec) -> str:
     if spec.path:
         return os.path.abspath(spec.path)
     if spec.hub is not None:
-        return f"hf:{spec.hub.repo}@{spec.hub.revision}"
+        return spec.hub.reference
     return spec.name
 
 

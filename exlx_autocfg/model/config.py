@@ -18,16 +18,10 @@ from typing import Any
 from exlx_autocfg.atomic import read_regular
 from exlx_autocfg.errors import ModelSpecError
 from exlx_autocfg.model.architectures import ArchRules, arch_rules, supported_architectures
-from exlx_autocfg.model.readkeys import MISSING, read_key
+from exlx_autocfg.model.readkeys import MISSING, positive, read_key
 from exlx_autocfg.model.vision import VisionSpec, parse_vision
 
 MAX_CONFIG_BYTES = 16 * 1024 * 1024  # a config.json is a few kB; refuse to slurp something huge
-
-
-def _positive(where: str, name: str, value: int) -> int:
-    if value <= 0:
-        raise ModelSpecError(f"{where}: {name} must be positive, got {value}")
-    return value
 
 
 def _architecture(config: dict, where: str) -> tuple[str, ArchRules]:
@@ -72,12 +66,12 @@ def parse_config(
     config: Any,
     *,
     where: str = "config.json",
-    preprocessor: Any = MISSING,
+    preprocessor: Any = None,
     preprocessor_where: str = "preprocessor_config.json",
 ) -> dict[str, Any]:
     """The ModelSpec fields config.json (and, for a multimodal model, preprocessor_config.json) determine:
-    everything but name/path/source/tensors/fingerprint. `preprocessor` MISSING: not given (a model with a
-    vision_config then fails as exllamav2 does); None: the file does not exist."""
+    everything but name/path/source/tensors/fingerprint. `preprocessor` None: not given or the file does not
+    exist (a model with a vision_config then fails as exllamav2 does)."""
     if not isinstance(config, dict):
         raise ModelSpecError(f"{where}: not a JSON object")
     arch, rules = _architecture(config, where)
@@ -92,27 +86,27 @@ def parse_config(
     if eos is not None and not isinstance(eos, int | list):
         raise ModelSpecError(f"{where}: eos_token_id must be int or list, got {eos!r}")
     r(int, ["pad_token_id"], None)
-    vocab = _positive(where, "vocab_size", t(int, ["vocab_size"], d.get("vocab_size", MISSING)))
+    vocab = positive(where, "vocab_size", t(int, ["vocab_size"], d.get("vocab_size", MISSING)))
     r(float, ["initializer_range"], 0.02)
-    layers = _positive(where, "num_hidden_layers", t(int, ["num_hidden_layers", "n_layers", "n_layer"]))
+    layers = positive(where, "num_hidden_layers", t(int, ["num_hidden_layers", "n_layers", "n_layer"]))
     # L262-265: norm epsilon under the architecture's key (required unless the arch has a default)
     eps_key = lm.key("norm_eps")
     norm_eps = t(float, [eps_key], d.get("rms_norm_eps", MISSING)) if eps_key else 1e-5
-    hidden = _positive(where, "hidden_size", t(int, ["hidden_size", "d_model", "n_embd"]))
+    hidden = positive(where, "hidden_size", t(int, ["hidden_size", "d_model", "n_embd"]))
     # L273-301: heads, head_dim (Gemma 3's defaults first), KV heads (MQA forces 1)
     heads = t(int, ["num_attention_heads", "n_heads", "n_head"], 0)
     if heads < 0:
         raise ModelSpecError(f"{where}: num_attention_heads must be positive, got {heads}")
     head_dim_default = d["head_dim"] if "head_dim" in d else (hidden // heads if heads else MISSING)
-    head_dim = _positive(where, "head_dim", t(int, ["head_dim"], head_dim_default))
+    head_dim = positive(where, "head_dim", t(int, ["head_dim"], head_dim_default))
     if not heads:
         heads = d["num_attention_heads"] if "num_attention_heads" in d else hidden // head_dim
-    heads = _positive(where, "num_attention_heads", heads)
+    heads = positive(where, "num_attention_heads", heads)
     if lm.mqa:
         kv_heads = 1
     else:
         kv_default = d.get("num_key_value_heads", heads)
-        kv_heads = _positive(
+        kv_heads = positive(
             where,
             "num_key_value_heads",
             t(int, ["num_key_value_heads", "attn_config->kv_n_heads"], kv_default),
@@ -137,7 +131,7 @@ def parse_config(
             )
         if experts_per_tok is not None and not 1 <= experts_per_tok <= experts:
             raise ModelSpecError(f"{where}: num_experts_per_tok {experts_per_tok} not in 1..{experts}")
-    inter = _positive(where, "intermediate_size", inter)
+    inter = positive(where, "intermediate_size", inter)
     # L330-353: scales and softcaps (read for their types: a wrong one stops exllamav2)
     r(float, ["logit_scale"], 1)
     r(float, ["logits_scaling"], None)
@@ -159,7 +153,7 @@ def parse_config(
         "n_positions",
     ]
     named_max = t(int, context_keys, None)
-    max_pos = _positive(where, "max_position_embeddings", 2048 if named_max is None else named_max)
+    max_pos = positive(where, "max_position_embeddings", 2048 if named_max is None else named_max)
     sliding = t(int, ["sliding_window", "sliding_window_size"], 0)
     if sliding < 0:
         raise ModelSpecError(f"{where}: sliding_window must not be negative, got {sliding}")
@@ -263,8 +257,6 @@ def _vision(
         raise ModelSpecError(f"{where}: vision_config.model_type must be str, got {model_type!r}")
     if rules.sets_vision_model_type:  # the value exllamav2 writes into its copy of the config
         config = {**config, "vision_config": {**vc, "model_type": model_type}}
-    if preprocessor is MISSING:
-        preprocessor = None
     return parse_vision(
         config,
         preprocessor,

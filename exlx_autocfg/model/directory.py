@@ -8,7 +8,6 @@ disagree with config.json).
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -36,8 +35,8 @@ def load_directory(directory: Path) -> ModelSpec:
     if not files:
         raise ModelSpecError(f"{directory}: no .safetensors files")
     index_path = directory / "model.safetensors.index.json"
-    # lexists: a FIFO or a dangling link named like the index is refused by read_json_file, not skipped
-    index = read_json_file(index_path)[1] if os.path.lexists(index_path) else None
+    # missing_ok skips only an absent index: a FIFO or a dangling link named like it is refused
+    _, index = read_json_file(index_path, missing_ok=True)
     return spec_from_parts(
         name=directory.name,
         path=str(directory),

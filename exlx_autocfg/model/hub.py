@@ -32,7 +32,7 @@ from typing import Any
 
 from exlx_autocfg.errors import HubError, ModelSpecError, UsageError
 from exlx_autocfg.model.config import MAX_CONFIG_BYTES, parse_json_bytes
-from exlx_autocfg.model.directory import needs_preprocessor, spec_from_parts
+from exlx_autocfg.model.directory import PREPROCESSOR_FILE, needs_preprocessor, spec_from_parts
 from exlx_autocfg.model.hub_cache import Listing, RepoCache, is_commit
 from exlx_autocfg.model.safetensors import SafetensorsHeader, header_length, parse_header_bytes
 from exlx_autocfg.model.spec import HubSource, ModelSpec
@@ -48,7 +48,6 @@ MAX_HUB_HEADER_BYTES = 25_000_000
 DEFAULT_TIMEOUT_S = 10.0  # huggingface_hub's HF_HUB_DOWNLOAD_TIMEOUT / HF_HUB_ETAG_TIMEOUT default
 CONFIG_FILE = "config.json"
 INDEX_FILE = "model.safetensors.index.json"
-VISION_FILE = "preprocessor_config.json"
 LOGIN_HINT = "log in with `hf auth login` (older clients: `huggingface-cli login`) or set HF_TOKEN"
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
@@ -346,9 +345,9 @@ class HubReader:
                                      f"{where}/{INDEX_FILE}")
             self._check_index_shards(where, index, files)
         raw_prep, preprocessor = b"", None
-        if needs_preprocessor(config) and VISION_FILE in files:
-            raw_prep = self._small_file(repo, commit, VISION_FILE, files, where, meter)
-            preprocessor = parse_json_bytes(raw_prep, f"{where}/{VISION_FILE}")
+        if needs_preprocessor(config) and PREPROCESSOR_FILE in files:
+            raw_prep = self._small_file(repo, commit, PREPROCESSOR_FILE, files, where, meter)
+            preprocessor = parse_json_bytes(raw_prep, f"{where}/{PREPROCESSOR_FILE}")
         headers = []
         for i, name in enumerate(weights):
             self._tick(f"{where}: {name}", i, len(weights))
@@ -371,7 +370,7 @@ class HubReader:
             present=set(files),
             raw_preprocessor=raw_prep,
             preprocessor=preprocessor,
-            preprocessor_where=f"{where}/{VISION_FILE}",
+            preprocessor_where=f"{where}/{PREPROCESSOR_FILE}",
             hf_repo=repo,
         )
         source = HubSource(

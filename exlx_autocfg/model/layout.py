@@ -281,8 +281,7 @@ def vision_checkpoint_tensors(spec: ModelSpec, dtype: str) -> list[tuple[str, st
     if vt.vision_input_norm:
         norm(p + vt.keys["ln_pre"], d, False)
     if vt.learned_emb:
-        grid = (v.max_image_height // v.patch_size) * (v.max_image_width // v.patch_size)
-        out.append((f"{p}{vt.keys['position_embedding']}.weight", dtype, (grid, d)))
+        out.append((f"{p}{vt.keys['position_embedding']}.weight", dtype, (v.max_image_patches, d)))
     kv = v.num_key_value_heads * v.head_dim
     q = v.num_attention_heads * v.head_dim
     layernorm_bias = vt.norm == "layernorm"

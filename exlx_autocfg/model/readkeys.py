@@ -13,6 +13,13 @@ from exlx_autocfg.errors import ModelSpecError
 MISSING: Any = object()
 
 
+def positive(where: str, name: str, value: int) -> int:
+    """`value`, or a ModelSpecError naming the file and the key when it is not a positive count."""
+    if value <= 0:
+        raise ModelSpecError(f"{where}: {name} must be positive, got {value}")
+    return value
+
+
 def display(key: str) -> str:
     return key.replace("->", ".")
 

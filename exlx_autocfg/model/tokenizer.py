@@ -9,12 +9,14 @@ else the SentencePiece tokenizer.model), and the special ids of config.json / ge
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from exlx_autocfg.atomic import read_regular
 from exlx_autocfg.errors import ModelSpecError
 from exlx_autocfg.model.config import read_json_file
 
@@ -73,14 +75,17 @@ def from_config(config: dict[str, Any]) -> TokenizerInfo:
 
 
 def _tokenizer_json(path: Path) -> tuple[str, int, tuple[tuple[int, str], ...]]:
-    if path.stat().st_size > MAX_TOKENIZER_BYTES:
-        raise ModelSpecError(f"{path}: {path.stat().st_size} bytes is too large for a tokenizer.json")
     try:
-        doc = json.loads(path.read_bytes().decode("utf-8"))
+        raw = read_regular(path, limit=MAX_TOKENIZER_BYTES)  # refused by type, never opened blindly
+    except OSError as exc:
+        if exc.errno == errno.EFBIG:
+            size = path.stat().st_size
+            raise ModelSpecError(f"{path}: {size} bytes is too large for a tokenizer.json") from None
+        raise ModelSpecError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        doc = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise ModelSpecError(f"{path}: not valid JSON") from None
-    except OSError as exc:
-        raise ModelSpecError(f"{path}: cannot read: {exc.strerror or exc}") from None
     model = doc.get("model") if isinstance(doc, dict) else None
     if not isinstance(model, dict):
         raise ModelSpecError(f"{path}: no 'model' object")
@@ -125,7 +130,7 @@ def read_tokenizer_info(directory: str | Path) -> TokenizerInfo:
         return TokenizerInfo("tokenizer.json", digest, entries, added, **ids)
     if tok_model.is_file():
         try:
-            digest = hashlib.sha256(tok_model.read_bytes()).hexdigest()
+            digest = hashlib.sha256(read_regular(tok_model)).hexdigest()
         except OSError as exc:
             raise ModelSpecError(f"{tok_model}: cannot read: {exc.strerror or exc}") from None
         return TokenizerInfo("tokenizer.model", digest, None, (), **ids)

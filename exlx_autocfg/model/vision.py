@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from exlx_autocfg.errors import ModelSpecError
-from exlx_autocfg.model.readkeys import read_key
+from exlx_autocfg.model.readkeys import positive, read_key
 
 VISION_MAX_SIZE = 16384  # config.py vision_max_size: get_image_embeddings refuses larger images
 
@@ -101,23 +101,17 @@ def parse_vision(
     return _qwen(rc, rp, processor, model_type, where, preprocessor_where)
 
 
-def _positive(where: str, name: str, value: int) -> int:
-    if value <= 0:
-        raise ModelSpecError(f"{where}: {name} must be positive, got {value}")
-    return value
-
-
 def _siglip(rc: Any, rp: Any, processor: str, text_hidden: int, where: str, pwhere: str) -> VisionSpec:
-    heads = _positive(
+    heads = positive(
         where, "vision_config.num_attention_heads", rc(int, ["vision_config->num_attention_heads"])
     )
-    kv = _positive(
+    kv = positive(
         where, "vision_config.num_key_value_heads", rc(int, ["vision_config->num_key_value_heads"], heads)
     )
-    hidden = _positive(where, "vision_config.hidden_size", rc(int, ["vision_config->hidden_size"]))
+    hidden = positive(where, "vision_config.hidden_size", rc(int, ["vision_config->hidden_size"]))
     head_dim = rc(int, ["vision_config->head_dim"], hidden // heads)
     bias = rc(bool, ["multimodal_projector_bias"], False)
-    patch = _positive(where, "vision_config.patch_size", rc(int, ["vision_config->patch_size"]))
+    patch = positive(where, "vision_config.patch_size", rc(int, ["vision_config->patch_size"]))
     rc(str, ["vision_config->hidden_act"], "silu")
     layers = rc(int, ["vision_config->num_hidden_layers"], 24)
     inter = rc(int, ["vision_config->intermediate_size"], text_hidden)
@@ -165,15 +159,15 @@ def _size_hw(size: dict, pwhere: str) -> tuple[int, int]:
 
 
 def _pixtral(rc: Any, rp: Any, processor: str, text_hidden: int, where: str, pwhere: str) -> VisionSpec:
-    head_dim = _positive(where, "vision_config.head_dim", rc(int, ["vision_config->head_dim"]))
-    heads = _positive(
+    head_dim = positive(where, "vision_config.head_dim", rc(int, ["vision_config->head_dim"]))
+    heads = positive(
         where, "vision_config.num_attention_heads", rc(int, ["vision_config->num_attention_heads"])
     )
     kv = rc(int, ["vision_config->num_key_value_heads"], heads)
     bias = rc(bool, ["multimodal_projector_bias"], True)
     rc(str, ["vision_config->hidden_act"])
     hidden = rc(int, ["vision_config->hidden_size"], 1024)
-    patch = _positive(where, "vision_config.patch_size", rc(int, ["vision_config->patch_size"]))
+    patch = positive(where, "vision_config.patch_size", rc(int, ["vision_config->patch_size"]))
     theta = rc(int, ["vision_config->rope_theta"])
     rc(int, ["vision_feature_layer"])
     layers = rc(int, ["vision_config->num_hidden_layers"], 24)
@@ -231,7 +225,7 @@ def _pixtral(rc: Any, rp: Any, processor: str, text_hidden: int, where: str, pwh
 def _qwen(rc: Any, rp: Any, processor: str, model_type: str, where: str, pwhere: str) -> VisionSpec:
     window = full = None
     if model_type == "qwen2":
-        hidden = _positive(where, "vision_config.embed_dim", rc(int, ["vision_config->embed_dim"]))
+        hidden = positive(where, "vision_config.embed_dim", rc(int, ["vision_config->embed_dim"]))
         ratio = rc(int, ["vision_config->mlp_ratio"], None)
         if ratio is None:  # hidden_size * None raises TypeError in exllamav2
             raise ModelSpecError(
@@ -239,7 +233,7 @@ def _qwen(rc: Any, rp: Any, processor: str, model_type: str, where: str, pwhere:
             )
         inter = merger = hidden * ratio
     else:
-        hidden = _positive(where, "vision_config.hidden_size", rc(int, ["vision_config->hidden_size"]))
+        hidden = positive(where, "vision_config.hidden_size", rc(int, ["vision_config->hidden_size"]))
         inter = rc(int, ["vision_config->intermediate_size"])
         full_list = rc(list, ["vision_config->fullatt_block_indexes"])  # no default: a missing key crashes
         window = rc(int, ["vision_config->window_size"])
@@ -247,14 +241,14 @@ def _qwen(rc: Any, rp: Any, processor: str, model_type: str, where: str, pwhere:
             raise ModelSpecError(f"{where}: vision_config.fullatt_block_indexes must be a list of integers")
         full = tuple(full_list)
         merger = QWEN25_MERGER_INTERMEDIATE
-    heads = _positive(where, "vision_config.num_heads", rc(int, ["vision_config->num_heads"]))
-    merge = _positive(
+    heads = positive(where, "vision_config.num_heads", rc(int, ["vision_config->num_heads"]))
+    merge = positive(
         where, "vision_config.spatial_merge_size", rc(int, ["vision_config->spatial_merge_size"])
     )
-    spatial_patch = _positive(
+    spatial_patch = positive(
         where, "vision_config.spatial_patch_size", rc(int, ["vision_config->spatial_patch_size"])
     )
-    patch = _positive(where, "vision_config.patch_size", rc(int, ["vision_config->patch_size"]))
+    patch = positive(where, "vision_config.patch_size", rc(int, ["vision_config->patch_size"]))
     theta = rc(int, ["vision_config->rope_theta"], 10000.0)
     layers = rc(int, ["vision_config->depth"])
     rp(list, ["image_mean"])
@@ -263,14 +257,14 @@ def _qwen(rc: Any, rp: Any, processor: str, model_type: str, where: str, pwhere:
         raise ModelSpecError(
             f"{pwhere}: patch_size disagrees with config.json vision_config.patch_size {patch}"
         )
-    temporal = _positive(pwhere, "temporal_patch_size", rp(int, ["temporal_patch_size"]))
+    temporal = positive(pwhere, "temporal_patch_size", rp(int, ["temporal_patch_size"]))
     if rp(int, ["merge_size"]) != merge:
         raise ModelSpecError(
             f"{pwhere}: merge_size disagrees with config.json vision_config.spatial_merge_size {merge}"
         )
     rp(float, ["rescale_factor"], 0.00392156862745098)
     min_pixels = rp(int, ["min_pixels"])
-    max_pixels = _positive(pwhere, "max_pixels", rp(int, ["max_pixels"]))
+    max_pixels = positive(pwhere, "max_pixels", rp(int, ["max_pixels"]))
     side = _qwen_max_side(max_pixels, spatial_patch * merge)
     return VisionSpec(
         model_type=model_type,
