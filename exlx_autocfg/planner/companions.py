@@ -76,34 +76,42 @@ def resolve(req: Any, spec: ModelSpec) -> Companions:
         out.vision = True
     out.loras = [read_lora(x) for x in req.loras]
     for item in out.loras:
-        planned = lp.plan_lora(item.adapter, spec, scale=item.scale)
-        refusals = [f for f in planned.findings if lp.is_refusal(f)]
-        if refusals:
-            raise LoraRefusedError(_one_line("LoRA", item.reference, refusals), refusals)
+        planned = checked_lora(item.adapter, spec, item.scale, f"LoRA {item.reference}")
         out.lora_plans.append(planned)
         out.warnings += planned.findings
     if req.draft is not None:
         out.draft = read_draft(req.draft)
         out.model_tokenizer = tokenizer_of(spec)
         # Context-free judgement (the cache lengths are judged again at the planned context).
-        found = dr.judge_draft(spec, out.draft.spec, cache_size=_PAGE_PROBE, cache_mode="FP16",
-                               draft_cache_mode="FP16", model_tokenizer=out.model_tokenizer,
-                               draft_tokenizer=out.draft.tokenizer, lora_count=len(out.loras))
-        refusals = [f for f in found if dr.is_refusal(f)]
-        if refusals:
-            raise DraftRefusedError(_one_line("draft", out.draft.reference, refusals), refusals)
+        refuse_draft(dr.judge_draft(spec, out.draft.spec, cache_size=_PAGE_PROBE, cache_mode="FP16",
+                                    draft_cache_mode="FP16", model_tokenizer=out.model_tokenizer,
+                                    draft_tokenizer=out.draft.tokenizer, lora_count=len(out.loras)),
+                     f"draft {out.draft.reference}")
     return out
 
 
 _PAGE_PROBE = 256  # a context every draft is trained for: the first judgement leaves the context out
 
 
-def _one_line(what: str, ref: str, refusals: list[Finding]) -> str:
-    """One line for the refusals: the first of each code, and how many there are in all."""
-    return refusal_line(f"{what} {ref}", refusals)
+def refuse_draft(found: list[Finding], subject: str) -> list[Finding]:
+    """`found` (the pair's judgement), or DraftRefusedError in one line when any of it is a refusal."""
+    refusals = [f for f in found if dr.is_refusal(f)]
+    if refusals:
+        raise DraftRefusedError(refusal_line(subject, refusals), refusals)
+    return found
+
+
+def checked_lora(adapter: Any, spec: ModelSpec, scale: float, subject: str) -> lp.LoraPlan:
+    """The adapter planned on `spec`, or LoraRefusedError in one line for what ExLlamaV2Lora would refuse."""
+    planned = lp.plan_lora(adapter, spec, scale=scale)
+    refusals = [f for f in planned.findings if lp.is_refusal(f)]
+    if refusals:
+        raise LoraRefusedError(refusal_line(subject, refusals), refusals)
+    return planned
 
 
 def refusal_line(subject: str, refusals: list[Finding]) -> str:
+    """One line for the refusals: the first of each code, and how many there are in all."""
     first = list({f.code: f for f in reversed(refusals)}.values())[::-1]
     text = "; ".join(f.message for f in first)
     more = f" ({len(refusals)} refusals in all)" if len(refusals) > len(first) else ""
@@ -381,10 +389,7 @@ def judge_at(companions: Companions, spec: ModelSpec, *, mode: str, max_seq_len:
                              "round to "
                              "different lengths: exllamav2's dynamic generator asserts they are equal",
                              source=dr.rules()["requires"]["cache_dims_source"]))
-    refusals = [f for f in found if dr.is_refusal(f)]
-    if refusals:
-        raise DraftRefusedError(_one_line("draft", draft.reference, refusals), refusals)
-    return found
+    return refuse_draft(found, f"draft {draft.reference}")
 
 
 def draft_reasons(companions: Companions, placed: dr.DraftPlan, mode: str, max_seq_len: int,

@@ -361,11 +361,8 @@ def apply_overrides(settings: Settings, overrides: dict[str, Any]) -> Settings:
         backend = exl2.normalise_backend(str(changes["backend"])) or str(changes["backend"])
         if backend not in exl2.BACKENDS:
             raise UsageError(f"backend: {changes['backend']!r} is not one of {', '.join(exl2.BACKENDS)}")
-        changes["backend"] = backend
-        for key, value in exl2.switches_for(backend).items():
-            changes.setdefault(key, value)
-    if changes.get("paged") is False or changes.get("backend", "flash_attn") != "flash_attn":
-        changes.setdefault("paged", False)
+        settings = settings.with_backend(backend)  # its switches, unpaged off flash-attn; explicit ones win
+        del changes["backend"]
     new = dataclasses.replace(settings, **changes)
     try:
         validate_settings(new)
@@ -440,18 +437,24 @@ def _already_imported_problem(attn: Any, settings: Settings) -> str | None:
     return None
 
 
-def _build_config(module: Any, model_dir: Path, settings: Settings, notes: list[str]) -> Any:
+def _new_config(module: Any, directory: str | Path, settings: Settings, what: str) -> Any:
+    """exllamav2's ExLlamaV2Config of `directory` with the profile's lengths, batch and backend switches."""
     try:
-        config = module.ExLlamaV2Config(str(model_dir))
+        config = module.ExLlamaV2Config(str(directory))
     except Exception as exc:  # exllamav2 reports bad model dirs with asserts and KeyErrors
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ModelSpecError(f"exllamav2 cannot read the model in {model_dir}: {first}") from None
+        raise ModelSpecError(f"exllamav2 cannot read the {what} in {directory}: {first}") from None
     config.max_seq_len = settings.max_seq_len
     config.max_input_len = settings.max_input_len
     config.max_attention_size = settings.max_attention_size
     config.max_batch_size = settings.max_batch_size
     for switch, value in settings.switches.items():
         setattr(config, switch, value)
+    return config
+
+
+def _build_config(module: Any, model_dir: Path, settings: Settings, notes: list[str]) -> Any:
+    config = _new_config(module, model_dir, settings, "model")
     before = {k: getattr(config, k) for k in exl2.SWITCHES}
     config.arch_compat_overrides(quiet=True)  # hosts must call it (examples and TabbyAPI do)
     for key, was in before.items():
@@ -465,10 +468,9 @@ def _build_draft_config(module: Any, spec: Any, settings: Settings, notes: list[
     max_attention_size and switches the model's (TabbyAPI model.py L372-376; the dynamic generator asserts
     draft max_seq_len >= the model's), its RoPE settings from the profile. The pair is judged again, so a
     hand-edited draft that cannot draft for the model is refused here."""
-    from exlx_autocfg.errors import DraftRefusedError
     from exlx_autocfg.model.companions import read_draft, tokenizer_of
     from exlx_autocfg.planner import draft as dr
-    from exlx_autocfg.planner.companions import refusal_line
+    from exlx_autocfg.planner.companions import refuse_draft
 
     d = settings.draft
     assert d is not None
@@ -477,25 +479,14 @@ def _build_draft_config(module: Any, spec: Any, settings: Settings, notes: list[
                           "catalog or the "
                           "Hub)", hint="download it and re-plan with --draft DIR")
     draft = read_draft(d.path)
-    found = dr.judge_draft(spec, draft.spec, cache_size=settings.max_seq_len, cache_mode=settings.cache_mode,
-                           draft_cache_mode=d.cache_mode, model_tokenizer=tokenizer_of(spec),
-                           draft_tokenizer=draft.tokenizer, lora_count=len(settings.loras))
-    refusals = [f for f in found if dr.is_refusal(f)]
-    if refusals:
-        raise DraftRefusedError(refusal_line(f"draft {d.path}", refusals), refusals)
-    try:
-        config = module.ExLlamaV2Config(d.path)
-    except Exception as exc:  # exllamav2 reports bad model dirs with asserts and KeyErrors
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ModelSpecError(f"exllamav2 cannot read the draft model in {d.path}: {first}") from None
-    config.max_seq_len = settings.max_seq_len
-    config.max_input_len = settings.max_input_len
-    config.max_attention_size = settings.max_attention_size
-    config.max_batch_size = settings.max_batch_size
+    refuse_draft(dr.judge_draft(spec, draft.spec, cache_size=settings.max_seq_len,
+                                cache_mode=settings.cache_mode, draft_cache_mode=d.cache_mode,
+                                model_tokenizer=tokenizer_of(spec), draft_tokenizer=draft.tokenizer,
+                                lora_count=len(settings.loras)),
+                 f"draft {d.path}")
+    config = _new_config(module, d.path, settings, "draft model")
     config.scale_pos_emb = d.rope_scale
     config.scale_alpha_value = d.rope_alpha
-    for switch, value in settings.switches.items():
-        setattr(config, switch, value)
     config.arch_compat_overrides(quiet=True)
     load = f"load(gpu_split={d.gpu_split})" if d.gpu_split else "load_autosplit(draft_cache)"
     notes.append(f"draft {d.name}: {d.cache_class}, max_seq_len {settings.max_seq_len} (the model's), "
@@ -507,17 +498,12 @@ def _build_draft_config(module: Any, spec: Any, settings: Settings, notes: list[
 def _check_loras(spec: Any, settings: Settings, notes: list[str]) -> list[tuple[str, float]]:
     """Each adapter read and judged against the model (what ExLlamaV2Lora would refuse raises
     LoraRefusedError); returns (directory, scale) for ExLlamaV2Lora.from_directory after the model."""
-    from exlx_autocfg.errors import LoraRefusedError
     from exlx_autocfg.model.lora import read_adapter
-    from exlx_autocfg.planner.companions import refusal_line
-    from exlx_autocfg.planner.lora import is_refusal, plan_lora
+    from exlx_autocfg.planner.companions import checked_lora
 
     out = []
     for lora in settings.loras:
-        planned = plan_lora(read_adapter(lora.path), spec, scale=lora.scale)
-        refusals = [f for f in planned.findings if is_refusal(f)]
-        if refusals:
-            raise LoraRefusedError(refusal_line(f"LoRA {lora.path}", refusals), refusals)
+        planned = checked_lora(read_adapter(lora.path), spec, lora.scale, f"LoRA {lora.path}")
         notes.append(f"LoRA {lora.name}: ExLlamaV2Lora.from_directory(model, {lora.path!r}, "
                      f"{lora.scale:g}) after "
                      f"the model ({planned.gpu_bytes / 1024**2:,.1f} MiB on the GPUs of its modules)")
@@ -546,9 +532,10 @@ def _find_profile(profile: str | os.PathLike[str] | Profile | None, spec: Any,
     if isinstance(profile, Profile):
         return None, profile
     if profile is None:
-        path = default_profile_path(spec.name, spec.fingerprint, machine_identity(facts))
+        machine = machine_identity(facts)
+        path = default_profile_path(spec.name, spec.fingerprint, machine)
         if not path.exists():  # e.g. planned from the Hub before the download: same model, another name
-            path = next(iter(profiles_for_model(spec.fingerprint, machine_identity(facts))), path)
+            path = next(iter(profiles_for_model(spec.fingerprint, machine)), path)
     else:
         path = Path(profile).expanduser()
     return path, (read_profile(path) if path.exists() else None)
