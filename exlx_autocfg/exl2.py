@@ -34,6 +34,7 @@ SWITCHED: tuple[str, ...] = tuple(b for b in BACKENDS if b in _V["switch"])  # a
 SWITCH: dict[str, str] = {b: _V["switch"][b]["config"] for b in SWITCHED}  # backend -> "no_flash_attn"
 SWITCHES: tuple[str, ...] = tuple(SWITCH.values())  # ExLlamaV2Config attributes, in precedence order
 ENV: dict[str, str] = {SWITCH[b]: _V["switch"][b]["env"] for b in SWITCHED}  # "no_sdpa" -> "EXLLAMA_NO_SDPA"
+OFF_ENV: dict[str, str] = {b: ENV[SWITCH[b]] for b in SWITCHED}  # backend -> the env var that turns it off
 IMPORT_FLAG: dict[str, str] = {b: _V["switch"][b]["import_flag"] for b in SWITCHED}  # attn.py has_* flags
 PAGED_IMPORT_FLAG: str = _V["switch"]["paged_import_flag"]
 SCRIPT_FLAG: dict[str, str] = {SWITCH[b]: _V["switch"][b]["script_flag"] for b in SWITCHED}  # -nfa ...

@@ -61,7 +61,7 @@ def check_xformers(m: Machine, required: bool = False) -> Verdict:
             "fail",
             findings,
             _xformers_fix(m),
-            switches={exl2.ENV[exl2.SWITCH["xformers"]]: "1"},
+            switches={exl2.OFF_ENV["xformers"]: "1"},
             details=details,
         )
     warnings = backends.Xformers.warnings(q)
@@ -95,7 +95,7 @@ def _xformers_fix(m: Machine) -> str:
     """The release to pin (loads on this torch, supports these GPUs, accepts this flash-attn), else the
     flash-attn to install, else the switch."""
     x = m.lib("xformers")
-    off = exl2.ENV[exl2.SWITCH["xformers"]]
+    off = exl2.OFF_ENV["xformers"]
     release = xformers_release(x.version or "")
     flash = m.lib("flash-attn")
     flash_problem = bool(x.details.get("flash_version_error")) or bool(
@@ -148,7 +148,7 @@ def _xformers_fix(m: Machine) -> str:
 
 def check_flash_attn(m: Machine, required: bool = False) -> Verdict:
     fa = m.lib("flash-attn")
-    var = exl2.ENV[exl2.SWITCH["flash_attn"]]
+    var = exl2.OFF_ENV["flash_attn"]
     if not fa.installed:
         if required:
             return make(

@@ -334,9 +334,9 @@ def import_verdict(m: Machine, result: ImportResult) -> Verdict:
     fix = None
     # The child's error text is a fact from outside (exllamav2's traceback), not one of our reasons.
     if "flash_attn" in (result.error or ""):
-        fix = f"set {exl2.ENV[exl2.SWITCH['flash_attn']]}=1 (see the flash-attn check)"
+        fix = f"set {exl2.OFF_ENV['flash_attn']}=1 (see the flash-attn check)"
     elif "xformers" in (result.error or ""):
-        fix = f"set {exl2.ENV[exl2.SWITCH['xformers']]}=1 (see the xformers check)"
+        fix = f"set {exl2.OFF_ENV['xformers']}=1 (see the xformers check)"
     elif e.details.get("ext") == "jit-needed" and jit_missing(m):
         fix = "see the exllamav2-ext check: the JIT build lacks " + join_and(jit_missing(m))
     elif "exllamav2_ext" in (result.error or ""):

@@ -43,7 +43,7 @@ def one_line(text: str) -> str:
 def gpu_label(src: EmitInput) -> str:
     """'NVIDIA GeForce RTX 2080 Ti (sm 7.5, 22.0 GiB)' for each GPU the plan uses, in CUDA order."""
     parts = []
-    for g in ordered_gpus(src):
+    for g in src.gpus:
         cc = f"sm {g.compute_capability}, " if g.compute_capability else ""
         parts.append(f"{one_line(g.name)} ({cc}{g.memory_total / 1024**3:.1f} GiB)")
     return " + ".join(parts) or "no GPU"
@@ -89,11 +89,6 @@ def header(src: EmitInput, target: str, extra: list[str] | None = None, *, comme
     return "".join(f"{comment} {line}".rstrip() + "\n" for line in lines)
 
 
-def ordered_gpus(src: EmitInput) -> list:
-    """The GPUs the settings use, in CUDA order (the order of `gpu_split`); EmitInput keeps them so."""
-    return list(src.gpus)
-
-
 def device_pinning(src: EmitInput) -> dict[str, str]:
     """CUDA_DEVICE_ORDER/CUDA_VISIBLE_DEVICES that make CUDA's device k the plan's k-th GPU.
 
@@ -104,7 +99,7 @@ def device_pinning(src: EmitInput) -> dict[str, str]:
     replacing a card does not leave CUDA with no device at all. NVIDIA only (ROCm uses HIP_* names and
     its own order; the plan's GPUs carry no HIP index).
     """
-    gpus = ordered_gpus(src)
+    gpus = src.gpus
     if not gpus or any(g.vendor != "nvidia" for g in gpus):
         return {}
     single_at_zero = len(gpus) == 1 and (gpus[0].cuda_index in (None, 0)) and gpus[0].index == 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from exlx_autocfg.emitters.common import ordered_gpus, runtime_env, tool_version
+from exlx_autocfg.emitters.common import runtime_env, tool_version
 from exlx_autocfg.emitters.source import EmitInput
 from exlx_autocfg.serde import to_data
 
@@ -25,7 +25,7 @@ def document(src: EmitInput, *, include_plan: bool = True) -> dict[str, Any]:
         "gpus": [
             {"index": g.index, "cuda_index": g.cuda_index, "name": g.name, "vendor": g.vendor,
              "compute_capability": g.compute_capability, "memory_total": g.memory_total, "uuid": g.uuid}
-            for g in ordered_gpus(src)
+            for g in src.gpus
         ],
         "settings": to_data(src.settings),
         "env": runtime_env(src),  # null: must be unset

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from exlx_autocfg.findings import Finding
-from exlx_autocfg.planner.types import Plan, Reason
+from exlx_autocfg.planner.types import Plan, Reason, in_cuda_order
 from exlx_autocfg.settings import Settings
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ class EmitInput:
     def from_plan(cls, plan: Plan, machine_gpu_count: int | None = None) -> EmitInput:
         return cls(
             settings=plan.settings,
-            gpus=_cuda_order(plan.gpus),
+            gpus=in_cuda_order(plan.gpus),
             model_name=plan.model.name,
             model_path=plan.model.path,
             model_source=_hub_label(plan.model.hub),
@@ -64,7 +64,7 @@ class EmitInput:
         cf = profile.computed_for
         return cls(
             settings=profile.settings,
-            gpus=_cuda_order([g for g in cf.gpus if g.used]),
+            gpus=cf.used_gpus(),
             model_name=cf.model.name,
             model_path=cf.model.dir,
             model_source=_stamp_label(cf.model),
@@ -96,10 +96,3 @@ def _stamp_label(model: Any) -> str | None:
     if not model.hf_repo or model.dir:
         return None
     return f"hf:{model.hf_repo}@{model.hf_revision}, commit {(model.hf_commit or '')[:12]}, not downloaded"
-
-
-def _cuda_order(gpus: list[Any]) -> list[Any]:
-    """In CUDA order (the order of gpu_split) when every CUDA index is known, else as given."""
-    if gpus and all(g.cuda_index is not None for g in gpus):
-        return sorted(gpus, key=lambda g: g.cuda_index)
-    return list(gpus)

@@ -40,7 +40,6 @@ from exlx_autocfg.emitters.common import (
     header,
     mib_ceil,
     number,
-    ordered_gpus,
     round_up,
     runtime_env,
 )
@@ -83,7 +82,7 @@ def required_env(src: EmitInput) -> dict[str, str | None]:
     """
     env = runtime_env(src)
     if compatibility_mode(src) and _all_ampere_nvidia(src):
-        env[exl2.ENV[exl2.SWITCH["flash_attn"]]] = "1"
+        env[exl2.OFF_ENV["flash_attn"]] = "1"
     return env
 
 
@@ -237,7 +236,7 @@ def notes(src: EmitInput) -> list[str]:
     if needed:
         lines.append(f"Start TabbyAPI with: {env_summary(env)}")
         lines.append("  (`exlx-autocfg emit --format env` prints the exports for your shell).")
-    if len(ordered_gpus(src)) > 1:
+    if len(src.gpus) > 1:
         lines.append("gpu_split / autosplit_reserve are in CUDA device order (see CUDA_VISIBLE_DEVICES).")
     if not src.model_path:
         lines.append("model_dir/model_name not set: the plan names a catalog model, not a local folder.")

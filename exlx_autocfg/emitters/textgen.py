@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from exlx_autocfg import exl2
-from exlx_autocfg.emitters.common import header, number, one_line, ordered_gpus, runtime_env
+from exlx_autocfg.emitters.common import header, number, one_line, runtime_env
 from exlx_autocfg.emitters.source import EmitInput
 from exlx_autocfg.emitters.yaml_merge import dump_yaml
 
@@ -111,7 +111,7 @@ def launch_notes(src: EmitInput) -> list[str]:
     if pinning:
         lines.append("Start the UI with " + " ".join(f"{k}={v}" for k, v in pinning.items())
                      + " so gpu_split meets the GPUs in the planned order.")
-    if len(ordered_gpus(src)) > 1 and src.settings.gpu_split:
+    if len(src.gpus) > 1 and src.settings.gpu_split:
         lines.append("gpu_split is GB per GPU in CUDA device order.")
     return lines
 

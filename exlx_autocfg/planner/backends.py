@@ -442,7 +442,7 @@ def select(q: BackendQuery, forced: str | None = None) -> Selection:
             finding(
                 "backend.flash_attn.import_breaks_exllamav2",
                 "flash-attn is installed but its import fails: that breaks `import exllamav2` itself; the "
-                f"profile sets {exl2.ENV[exl2.SWITCH['flash_attn']]} before the import (or uninstall "
+                f"profile sets {exl2.OFF_ENV['flash_attn']} before the import (or uninstall "
                 "flash-attn)",
             )
         )

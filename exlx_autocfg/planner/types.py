@@ -19,6 +19,14 @@ from exlx_autocfg.settings import Settings
 PLAN_SCHEMA = 2
 
 
+def in_cuda_order(gpus: list[Any]) -> list[Any]:
+    """GPUs (PlanGPU or GPUStamp) in CUDA order, the order of gpu_split, when every CUDA index is known;
+    else as given."""
+    if gpus and all(g.cuda_index is not None for g in gpus):
+        return sorted(gpus, key=lambda g: g.cuda_index)
+    return list(gpus)
+
+
 @dataclass
 class Reason:
     """One decision: what was chosen, why (coded), and why each alternative was not."""

@@ -32,7 +32,7 @@ from exlx_autocfg.atomic import read_regular, write_text_atomic
 from exlx_autocfg.errors import ProfileError
 from exlx_autocfg.facts.types import Facts
 from exlx_autocfg.findings import Finding
-from exlx_autocfg.planner.types import Plan, Reason
+from exlx_autocfg.planner.types import Plan, Reason, in_cuda_order
 from exlx_autocfg.serde import from_data, schema_problem, to_data
 from exlx_autocfg.settings import BESIDE, Settings, SettingsError, validate_settings
 
@@ -105,6 +105,10 @@ class ComputedFor:
     machine: str = ""  # machine identity: hash of the GPUs and the interpreter
     draft: ModelStamp | None = field(default=None, metadata=BESIDE)  # the draft planned beside the model
     loras: list[LoraStamp] = field(default_factory=list, metadata=BESIDE)  # the adapters planned with it
+
+    def used_gpus(self) -> list[GPUStamp]:
+        """The GPUs the settings use, in CUDA order."""
+        return in_cuda_order([g for g in self.gpus if g.used])
 
 
 @dataclass

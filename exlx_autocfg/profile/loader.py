@@ -429,7 +429,7 @@ def _already_imported_problem(attn: Any, settings: Settings) -> str | None:
         flag = exl2.PAGED_IMPORT_FLAG if b == "paged" else exl2.IMPORT_FLAG[b]
         if getattr(attn, flag, False):
             continue
-        var = exl2.ENV[exl2.SWITCH["flash_attn" if b == "paged" else b]]
+        var = exl2.OFF_ENV["flash_attn" if b == "paged" else b]
         cause = f"{var} was set" if var in os.environ else f"{_backend_library(b)} did not import"
         what = "paged mode" if b == "paged" else f"backend {settings.backend!r}"
         return (f"exllamav2 was imported before the profile was applied and {cause}, so "

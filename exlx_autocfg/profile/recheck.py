@@ -18,9 +18,7 @@ from exlx_autocfg.settings import Settings
 def settings_problems(profile: Profile, spec: Any, settings: Settings | None = None) -> list[Finding]:
     """The problems of the profile's settings (or `settings`, e.g. with loader overrides applied) for `spec`
     on the GPUs the profile was made for, in CUDA order, with the margin it was planned with."""
-    gpus = [g for g in profile.computed_for.gpus if g.used]
-    if gpus and all(g.cuda_index is not None for g in gpus):
-        gpus.sort(key=lambda g: g.cuda_index)
+    gpus = profile.computed_for.used_gpus()
     margin = profile.request.get("margin_mib", DEFAULT_MARGIN_MIB)
     margin = margin if isinstance(margin, int) and not isinstance(margin, bool) else DEFAULT_MARGIN_MIB
     return evaluate_settings(spec, gpus, settings or profile.settings, margin_mib=margin)
