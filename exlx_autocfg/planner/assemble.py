@@ -170,6 +170,16 @@ def _vision_warnings(spec: Any, req: Request, solved: Solved) -> list[Finding]:
     return []
 
 
+def plan_gpus(gpus: list[GPU]) -> list[PlanGPU]:
+    """The plan's record of the GPUs it was planned on, in the order given (CUDA order)."""
+    return [
+        PlanGPU(index=g.index, name=g.name, compute_capability=g.compute_capability,
+                memory_total=g.memory_total, memory_free=g.memory_free, uuid=g.uuid, pci_bus_id=g.pci_bus_id,
+                cuda_index=g.cuda_index, vendor=g.vendor)
+        for g in gpus
+    ]
+
+
 def computed_for(facts: Facts, exllamav2: str, req: Request) -> dict[str, Any]:
     torch = facts.lib("torch")
     return {
@@ -229,20 +239,7 @@ def assemble(
     unique = list({(w.code, w.message): w for w in all_warnings}.values())
     return Plan(
         model=spec.summary(),
-        gpus=[
-            PlanGPU(
-                index=g.index,
-                name=g.name,
-                compute_capability=g.compute_capability,
-                memory_total=g.memory_total,
-                memory_free=g.memory_free,
-                uuid=g.uuid,
-                pci_bus_id=g.pci_bus_id,
-                cuda_index=g.cuda_index,
-                vendor=g.vendor,
-            )
-            for g in gpus
-        ],
+        gpus=plan_gpus(gpus),
         settings=settings,
         kv_cache_bytes_per_token={m: memory.kv_cache_bytes_per_token(spec, m) for m in exl2.CACHE_MODES},
         max_seq_len_by_cache_mode=dict(solved.by_mode),

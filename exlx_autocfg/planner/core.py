@@ -196,6 +196,47 @@ class Solved:
     target: int
 
 
+@dataclass(frozen=True)
+class ContextSearch:
+    """The largest context per cache mode and chunk size on one solver, and the chunk each mode keeps."""
+
+    target: int
+    target_why: str
+    chunks: list[int]
+    by_mode_chunk: dict[str, dict[int, int]]
+    chunk_by_mode: dict[str, int]
+    by_mode: dict[str, int]
+
+    def fits(self, modes: list[str]) -> bool:
+        return any(self.by_mode[mode] for mode in modes)
+
+    def choose(self, req: Request) -> tuple[str, int, int, list[Reason]]:
+        """(cache mode, max_seq_len, chunk) by the policy, with the reasons for those three."""
+        mode, mode_reason = decisions.choose_cache_mode(self.by_mode, req, self.target, self.target_why)
+        max_seq_len = min(self.by_mode[mode], self.target)
+        chunk = min(self.chunk_by_mode[mode], max_seq_len)
+        return mode, max_seq_len, chunk, [
+            mode_reason,
+            decisions.max_seq_len_reason(max_seq_len, self.target, self.target_why),
+            decisions.chunk_reason(self.chunk_by_mode[mode], self.by_mode_chunk[mode], len(self.chunks) == 1,
+                                   used=chunk),
+        ]
+
+
+def search_context(solver: Any, spec: Any, req: Request) -> ContextSearch:
+    """Every cache mode and chunk size searched on `solver` (a layer-split or tensor-parallel one)."""
+    target, target_why = decisions.target_context(spec.max_position_embeddings, req)
+    chunks = [req.chunk_size] if req.chunk_size else list(decisions.CHUNK_SIZES)
+    # The table goes up to the model's own limit even when the target is lower, so users see the headroom.
+    ceiling = max(target, decisions.target_context(spec.max_position_embeddings, Request())[0])
+    by_mode_chunk = {
+        mode: {ch: solver.max_seq_len(mode, ch, ceiling) for ch in chunks} for mode in exl2.CACHE_MODES
+    }
+    chunk_by_mode = {mode: decisions.pick_chunk(by_mode_chunk[mode], target) for mode in exl2.CACHE_MODES}
+    by_mode = {mode: by_mode_chunk[mode][chunk_by_mode[mode]] for mode in exl2.CACHE_MODES}
+    return ContextSearch(target, target_why, chunks, by_mode_chunk, chunk_by_mode, by_mode)
+
+
 def _solve(facts: Facts, spec: Any, gpus: list[GPU], exllamav2: str, req: Request,
            beside: Any = None) -> Solved:
     from exlx_autocfg.planner.companions import make_solver
@@ -206,37 +247,21 @@ def _solve(facts: Facts, spec: Any, gpus: list[GPU], exllamav2: str, req: Reques
     budgets = [b for b, _ in budgets_kinds]
     reserves = [reserve_of(overheads) for _ in gpus]
     solver = make_solver(spec, selection.backend, budgets, reserves, req.batch_size, beside)
-    target, target_why = decisions.target_context(spec.max_position_embeddings, req)
-
-    chunks = [req.chunk_size] if req.chunk_size else list(decisions.CHUNK_SIZES)
-    # The table goes up to the model's own limit even when the target is lower, so users see the headroom.
-    ceiling = max(target, decisions.target_context(spec.max_position_embeddings, Request())[0])
-    by_mode_chunk = {
-        mode: {ch: solver.max_seq_len(mode, ch, ceiling) for ch in chunks} for mode in exl2.CACHE_MODES
-    }
-    chunk_by_mode = {mode: decisions.pick_chunk(by_mode_chunk[mode], target) for mode in exl2.CACHE_MODES}
-    by_mode = {mode: by_mode_chunk[mode][chunk_by_mode[mode]] for mode in exl2.CACHE_MODES}
+    search = search_context(solver, spec, req)
     allowed = req.allowed_modes()
-    if not any(by_mode[mode] for mode in allowed):
-        message = _does_not_fit(solver, gpus, allowed, chunks)
+    if not search.fits(allowed):
+        message = _does_not_fit(solver, gpus, allowed, search.chunks)
         if hasattr(solver, "what_is_beside"):
             message += f" (planned with {solver.what_is_beside()} beside it)"
         raise DoesNotFitError(message)
 
-    mode, mode_reason = decisions.choose_cache_mode(by_mode, req, target, target_why)
-    max_seq_len = min(by_mode[mode], target)
-    chunk = min(chunk_by_mode[mode], max_seq_len)
-    reasons = [
-        mode_reason,
-        decisions.max_seq_len_reason(max_seq_len, target, target_why),
-        decisions.chunk_reason(chunk_by_mode[mode], by_mode_chunk[mode], len(chunks) == 1, used=chunk),
-    ]
+    mode, max_seq_len, chunk, reasons = search.choose(req)
     devices = solver.place(mode, max_seq_len, chunk)
     assert devices is not None  # max_seq_len came from the same placement
     return Solved(
         selection=selection,
         solver=solver,
-        by_mode=by_mode,
+        by_mode=search.by_mode,
         mode=mode,
         chunk=chunk,
         max_seq_len=max_seq_len,
@@ -244,7 +269,7 @@ def _solve(facts: Facts, spec: Any, gpus: list[GPU], exllamav2: str, req: Reques
         costs=solver.costs(mode, max_seq_len, chunk),
         budget_kinds=[k for _, k in budgets_kinds],
         reasons=reasons,
-        target=target,
+        target=search.target,
     )
 
 

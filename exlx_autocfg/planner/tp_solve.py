@@ -28,7 +28,7 @@ from exlx_autocfg.planner.backends import Selection, select
 from exlx_autocfg.planner.draft import DraftPlan
 from exlx_autocfg.planner.fit import categories, largest_fitting
 from exlx_autocfg.planner.request import Request
-from exlx_autocfg.planner.types import DeviceMemory, Plan, PlanGPU, Reason
+from exlx_autocfg.planner.types import DeviceMemory, Plan, Reason
 from exlx_autocfg.settings import Settings
 from exlx_autocfg.versions import at_least
 
@@ -154,8 +154,8 @@ def plan_tp(facts: Facts, spec: ModelSpec, gpus: list[GPU], exllamav2: str, req:
             companions: cp.Companions, warnings: list[Finding]) -> Plan:
     """The tensor-parallel Plan over every GPU given. Raises TensorParallelRefusedError (with the coded
     findings: one GPU, an architecture or attention backend the TP path cannot run) or DoesNotFitError."""
-    from exlx_autocfg.planner.assemble import computed_for, plan_warnings
-    from exlx_autocfg.planner.core import budget_of, overheads_of, query_for, reserve_of
+    from exlx_autocfg.planner.assemble import computed_for, plan_gpus, plan_warnings
+    from exlx_autocfg.planner.core import budget_of, overheads_of, query_for, reserve_of, search_context
 
     sel = select(query_for(facts, spec, gpus, exllamav2), req.backend)
     refused = refusals(facts, spec, gpus, sel, exllamav2, len(companions.loras))
@@ -165,21 +165,14 @@ def plan_tp(facts: Facts, spec: ModelSpec, gpus: list[GPU], exllamav2: str, req:
     budgets = [b for b, _ in budgets_kinds]
     reserves = [reserve_of(overheads_of(req)) for _ in gpus]
     solver = TPSolver(spec, sel.backend, budgets, reserves, req.batch_size, companions)
-    target, target_why = decisions.target_context(spec.max_position_embeddings, req)
-    ceiling = max(target, decisions.target_context(spec.max_position_embeddings, Request())[0])
-    chunks = [req.chunk_size] if req.chunk_size else list(decisions.CHUNK_SIZES)
-    by_mode_chunk = {m: {ch: solver.max_seq_len(m, ch, ceiling) for ch in chunks} for m in exl2.CACHE_MODES}
-    chunk_by_mode = {m: decisions.pick_chunk(by_mode_chunk[m], target) for m in exl2.CACHE_MODES}
-    by_mode = {m: by_mode_chunk[m][chunk_by_mode[m]] for m in exl2.CACHE_MODES}
+    search = search_context(solver, spec, req)
     allowed = req.allowed_modes()
-    if not any(by_mode[m] for m in allowed):
+    if not search.fits(allowed):
         beside = f" with the draft {companions.draft.spec.name} beside it" if companions.draft else ""
         raise DoesNotFitError(
             f"tensor parallel: {spec.name} does not fit on {' + '.join(g.name for g in gpus)} at any context"
             f"{beside} ({', '.join(allowed)} cache; every GPU's slice, TP scratch and cache share checked)")
-    mode, mode_reason = decisions.choose_cache_mode(by_mode, req, target, target_why)
-    max_seq_len = min(by_mode[mode], target)
-    chunk = min(chunk_by_mode[mode], max_seq_len)
+    mode, max_seq_len, chunk, context_reasons = search.choose(req)
     pt = solver.point(mode, max_seq_len, chunk)
     assert pt is not None  # max_seq_len came from the same point
     split = pt.fit.split
@@ -195,9 +188,7 @@ def plan_tp(facts: Facts, spec: ModelSpec, gpus: list[GPU], exllamav2: str, req:
         decisions.backend_reason(sel, weakest, len(gpus)),
         decisions.switches_reason(sel),
         decisions.paged_reason(sel),
-        mode_reason,
-        decisions.max_seq_len_reason(max_seq_len, target, target_why),
-        decisions.chunk_reason(chunk_by_mode[mode], by_mode_chunk[mode], len(chunks) == 1, used=chunk),
+        *context_reasons,
         decisions.budget_reason([k for _, k in budgets_kinds], req.margin_mib),
         Reason("tensor_parallel", "true", worth.code, f"--tensor-parallel: {worth.message}",
                {"fits_one_gpu": fits_one, **worth.evidence}),
@@ -211,7 +202,7 @@ def plan_tp(facts: Facts, spec: ModelSpec, gpus: list[GPU], exllamav2: str, req:
     settings = Settings(backend=sel.backend, cache_mode=mode, max_seq_len=max_seq_len, max_input_len=chunk,
                         max_attention_size=chunk * chunk, max_batch_size=req.batch_size, paged=sel.paged,
                         gpu_split=pt.gpu_split, tensor_parallel=True, **sel.switches)
-    solved = _Solved(sel, mode, max_seq_len, target)
+    solved = _Solved(sel, mode, max_seq_len, search.target)
     found = [*warnings, *plan_warnings(facts, spec, gpus, [], req, rows, solved)]  # type: ignore[arg-type]
     found.append(finding("tp.estimated", "tensor-parallel transients (final-norm broadcast, logits "
                          "slices) and the "
@@ -219,12 +210,10 @@ def plan_tp(facts: Facts, spec: ModelSpec, gpus: list[GPU], exllamav2: str, req:
                          source=tp.rules()["split"]["source"]))
     plan = Plan(
         model=spec.summary(),
-        gpus=[PlanGPU(index=g.index, name=g.name, compute_capability=g.compute_capability,
-                      memory_total=g.memory_total, memory_free=g.memory_free, uuid=g.uuid,
-                      pci_bus_id=g.pci_bus_id, cuda_index=g.cuda_index, vendor=g.vendor) for g in gpus],
+        gpus=plan_gpus(gpus),
         settings=settings,
         kv_cache_bytes_per_token={m: memory.kv_cache_bytes_per_token(spec, m) for m in exl2.CACHE_MODES},
-        max_seq_len_by_cache_mode=dict(by_mode),
+        max_seq_len_by_cache_mode=dict(search.by_mode),
         memory=rows,
         reasons=reasons,
         warnings=list({(w.code, w.message): w for w in found}.values()),
