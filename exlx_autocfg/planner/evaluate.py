@@ -17,9 +17,10 @@ from typing import Any
 from exlx_autocfg.errors import DoesNotFitError
 from exlx_autocfg.findings import Finding, finding
 from exlx_autocfg.planner import memory
+from exlx_autocfg.planner.core import reserve_of
 from exlx_autocfg.planner.fit import Placed, device_total, fit
 from exlx_autocfg.planner.request import DEFAULT_MARGIN_MIB
-from exlx_autocfg.planner.solver import Solver, gpu_modules
+from exlx_autocfg.planner.solver import Solver
 from exlx_autocfg.planner.split import set_device_map_placement
 from exlx_autocfg.settings import Settings, SettingsError, validate_settings
 
@@ -65,15 +66,14 @@ def evaluate_settings(
         # adapter bytes would need their own files re-read (verify reports a changed draft or adapter as
         # stale; the loader rejudges them).
         return problems
-    overheads = overheads or memory.DEFAULT_OVERHEADS
-    reserve = overheads.cuda_context_bytes + overheads.allocator_slack_bytes
+    reserve = reserve_of(overheads or memory.DEFAULT_OVERHEADS)
     budgets = [g.memory_total - margin_mib * MIB for g in gpus]
     chunk = min(s.max_input_len, s.max_seq_len)  # what exllamav2 runs with
     solver = Solver(spec, s.backend, budgets, [reserve] * len(gpus), s.max_batch_size)
     costs = solver.costs(s.cache_mode, s.max_seq_len, chunk)
-    modules = gpu_modules(spec, chunk, s.max_batch_size)
+    modules = solver.modules(chunk)
     try:
-        devices = _placement(spec, s, modules, budgets, reserve, chunk, costs, solver)
+        devices = _placement(spec, s, modules, budgets, reserve, chunk, costs)
     except DoesNotFitError as exc:
         problems.append(finding("settings.split_too_small", f"settings.gpu_split: {exc.one_line()}",
                                 gpu_split=list(s.gpu_split or [])))
@@ -107,7 +107,7 @@ def evaluate_settings(
 
 
 def _placement(spec: Any, s: Settings, modules: list[Any], budgets: list[int], reserve: int, chunk: int,
-               costs: Any, solver: Solver) -> list[Placed] | None:
+               costs: Any) -> list[Placed] | None:
     """The modules on each GPU as exllamav2 would load them with these settings."""
     if s.autosplit:
         return fit(budgets, [reserve] * len(budgets), modules, costs)
