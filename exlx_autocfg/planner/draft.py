@@ -156,18 +156,17 @@ class DraftPlan:
 
 @dataclass(frozen=True)
 class _Mod:
-    key: str
-    kind: str
+    """What placing the draft reads of one of its GPU modules."""
+
     layer: int | None
     weight: int
     scratch_fixed: int
-    scratch: int
     has_cache: bool
 
 
 def _modules(draft: ModelSpec, chunk: int, batch: int, seq: int) -> list[_Mod]:
     return [
-        _Mod(c.key, c.kind, c.layer, c.weight_bytes, c.scratch_fixed_bytes, c.scratch_bytes, c.has_cache)
+        _Mod(c.layer, c.weight_bytes, c.scratch_fixed_bytes, c.has_cache)
         for c in _module_costs(draft, chunk, batch, seq)
         if not c.on_cpu
     ]
@@ -228,15 +227,21 @@ def _where(d: DraftDevice) -> str:
 
 def _plan(
     draft: ModelSpec,
-    devices: tuple[DraftDevice, ...],
+    placement: Sequence[int],
+    mods: list[_Mod],
     *,
     load: str,
     gpu_split: list[float] | None,
     cache_mode: str,
     seq: int,
     chunk: int,
-    positions: Sequence[int] = (),
+    backend: str,
+    batch: int,
+    scratch_per_device: dict[int, int],
 ) -> DraftPlan:
+    """The DraftPlan of modules `mods` placed on `placement` (a CUDA position per module)."""
+    devices = _devices(draft, placement, mods, cache_mode=cache_mode, seq=seq, chunk=chunk, backend=backend,
+                       batch=batch, scratch_per_device=scratch_per_device)
     costs = _module_costs(draft)
     return DraftPlan(
         name=draft.name,
@@ -249,7 +254,7 @@ def _plan(
         load=load,
         gpu_split=gpu_split,
         devices=devices,
-        positions=tuple(positions),
+        positions=tuple(placement),
         findings=[
             finding(
                 "draft.placed",
@@ -309,21 +314,9 @@ def place_draft_autosplit(
                 placement.append(d)
                 break
             d += 1
-    devices = _devices(
-        draft,
-        placement,
-        mods,
-        cache_mode=cache_mode,
-        seq=seq,
-        chunk=chunk,
-        backend=backend,
-        batch=batch,
-        scratch_per_device={p: scratch // 2 * 2 for p in set(placement)},
-    )
-    return _plan(
-        draft, devices, load="autosplit", gpu_split=None, cache_mode=cache_mode, seq=seq, chunk=chunk,
-        positions=placement,
-    )
+    return _plan(draft, placement, mods, load="autosplit", gpu_split=None, cache_mode=cache_mode, seq=seq,
+                 chunk=chunk, backend=backend, batch=batch,
+                 scratch_per_device={p: scratch // 2 * 2 for p in set(placement)})
 
 
 def place_draft_gpu_split(
@@ -353,27 +346,9 @@ def place_draft_gpu_split(
         p: max(m.scratch_fixed for m, q in zip(mods, placement, strict=True) if q == p) // 2 * 2
         for p in set(placement)
     }
-    devices = _devices(
-        draft,
-        placement,
-        mods,
-        cache_mode=cache_mode,
-        seq=seq,
-        chunk=chunk,
-        backend=backend,
-        batch=batch,
-        scratch_per_device=scratch,
-    )
-    return _plan(
-        draft,
-        devices,
-        load="gpu_split",
-        gpu_split=list(draft_gpu_split),
-        cache_mode=cache_mode,
-        seq=seq,
-        chunk=chunk,
-        positions=placement,
-    )
+    return _plan(draft, placement, mods, load="gpu_split", gpu_split=list(draft_gpu_split),
+                 cache_mode=cache_mode, seq=seq, chunk=chunk, backend=backend, batch=batch,
+                 scratch_per_device=scratch)
 
 
 # ------------------------------------------------------------------------------------------- the pair
