@@ -484,9 +484,8 @@ def attach(plan: Plan, companions: Companions, solver: Solver, spec: ModelSpec, 
     extra_warnings = list(companions.warnings)
     if companions.draft is not None:
         assert isinstance(solver, CompanionSolver)
-        chunk_reason = plan.reason("chunk_size")
-        chunk = int((chunk_reason.evidence if chunk_reason else {}).get("picked", s.max_input_len))
-        placed = solver.draft_at(s.cache_mode, s.max_seq_len, min(chunk, s.max_seq_len))
+        # max_input_len is the chunk the solve placed with (already clamped to max_seq_len)
+        placed = solver.draft_at(s.cache_mode, s.max_seq_len, s.max_input_len)
         assert placed is not None  # the plan's placement held it
         found = judge_at(companions, spec, mode=s.cache_mode, max_seq_len=s.max_seq_len,
                          batch=s.max_batch_size)
@@ -509,9 +508,7 @@ def attach(plan: Plan, companions: Companions, solver: Solver, spec: ModelSpec, 
         plan.reasons.append(lora_reason(companions, plan, devices))
     if companions.vision:
         assert isinstance(solver, CompanionSolver)
-        chunk_reason = plan.reason("chunk_size")
-        chunk = int((chunk_reason.evidence if chunk_reason else {}).get("picked", s.max_input_len))
-        tower = solver.vision_at(s.max_seq_len, chunk)
+        tower = solver.vision_at(s.max_seq_len, s.max_input_len)
         assert tower is not None
         s.vision = True
         plan.vision = vision_section(tower, plan)
