@@ -81,6 +81,7 @@ def _required_verdicts(m: Machine, requirements: list[Requirement]) -> list[Verd
                 f"{req.name} is required but not installed.",
                 _install_fix(m, req),
                 code="check.required.missing",
+                title=title,
             )
         elif req.specifier and not req.specifier.contains(lib.version or "", prereleases=True):
             v = make(
@@ -89,6 +90,7 @@ def _required_verdicts(m: Machine, requirements: list[Requirement]) -> list[Verd
                 f"{req.name} {lib.version} is installed but {req} is required.",
                 _install_fix(m, req),
                 code="check.required.version",
+                title=title,
             )
         elif lib.import_status in ("error", "crashed", "timeout"):
             v = make(
@@ -99,12 +101,13 @@ def _required_verdicts(m: Machine, requirements: list[Requirement]) -> list[Verd
                 if req.name in CHECKS
                 else f'pip install --force-reinstall "{req}"',
                 code="check.required.import_fails",
+                title=title,
             )
         else:
             v = make(
-                vid, "pass", f"{req.name} {lib.version} is installed as required.", code="check.required.ok"
+                vid, "pass", f"{req.name} {lib.version} is installed as required.", code="check.required.ok",
+                title=title,
             )
-        v.title = title
         out.append(v)
     return out
 

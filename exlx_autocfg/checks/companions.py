@@ -19,11 +19,6 @@ DRAFT_TITLE = "the draft model loads and can draft for the model"
 LORA_TITLE = "the LoRA adapter loads with ExLlamaV2Lora on the model"
 
 
-def _titled(v: Verdict, title: str) -> Verdict:
-    v.title = title
-    return v
-
-
 def draft_verdict(draft_ref: str, model: ModelSpec | None) -> Verdict:
     from exlx_autocfg.model.companions import read_draft, tokenizer_of
     from exlx_autocfg.planner import draft as dr
@@ -31,23 +26,21 @@ def draft_verdict(draft_ref: str, model: ModelSpec | None) -> Verdict:
     try:
         draft = read_draft(draft_ref)
     except ExlxError as exc:
-        return _titled(make("draft", "fail", f"the draft {draft_ref} does not read as a model exllamav2 "
-                            "loads: "
-                            f"{exc.one_line()}", code="check.draft.unreadable"), DRAFT_TITLE)
+        return make("draft", "fail", f"the draft {draft_ref} does not read as a model exllamav2 loads: "
+                    f"{exc.one_line()}", code="check.draft.unreadable", title=DRAFT_TITLE)
     if model is None:
-        return _titled(make("draft", "pass", f"{draft.spec.name} reads as a {draft.spec.architecture} model "
-                            "exllamav2 supports (give --model to check the pair)", code="check.draft.ok"),
-                       DRAFT_TITLE)
+        return make("draft", "pass", f"{draft.spec.name} reads as a {draft.spec.architecture} model "
+                    "exllamav2 supports (give --model to check the pair)", code="check.draft.ok",
+                    title=DRAFT_TITLE)
     found = dr.judge_draft(model, draft.spec, cache_size=256, cache_mode="FP16", draft_cache_mode="FP16",
                            model_tokenizer=tokenizer_of(model), draft_tokenizer=draft.tokenizer)
     refusals = [f for f in found if dr.is_refusal(f)]
     if refusals:
-        return _titled(from_findings("draft", "fail", refusals, "choose a draft of the model's family, "
-                                     "smaller "
-                                     "than it, with the same tokenizer"), DRAFT_TITLE)
+        return from_findings("draft", "fail", refusals, "choose a draft of the model's family, smaller "
+                             "than it, with the same tokenizer", title=DRAFT_TITLE)
     notes: list[Finding] = [f for f in found if f.code != "draft.context_beyond_trained"]
-    return _titled(make("draft", "pass", f"{draft.spec.name} can draft for {model.name} (same vocabulary, "
-                        "smaller)", code="check.draft.ok", also=notes), DRAFT_TITLE)
+    return make("draft", "pass", f"{draft.spec.name} can draft for {model.name} (same vocabulary, "
+                "smaller)", code="check.draft.ok", also=notes, title=DRAFT_TITLE)
 
 
 def lora_verdict(lora_ref: str, model: ModelSpec | None) -> Verdict:
@@ -58,7 +51,7 @@ def lora_verdict(lora_ref: str, model: ModelSpec | None) -> Verdict:
         item = read_lora(lora_ref)
     except ExlxError as exc:
         why = f"the adapter {lora_ref} does not read as a LoRA ExLlamaV2Lora loads: {exc.one_line()}"
-        return _titled(make(f"lora:{lora_ref}", "fail", why, code="check.lora.unreadable"), LORA_TITLE)
+        return make(f"lora:{lora_ref}", "fail", why, code="check.lora.unreadable", title=LORA_TITLE)
     vid = f"lora:{item.adapter.name}"
     if model is None:
         found = lp.adapter_findings(item.adapter, scale=item.scale)
@@ -68,11 +61,10 @@ def lora_verdict(lora_ref: str, model: ModelSpec | None) -> Verdict:
         what = f"on {model.name}"
     refusals = [f for f in found if lp.is_refusal(f)]
     if refusals:
-        return _titled(from_findings(vid, "fail", refusals, "use a PEFT LoRA trained on this base model, "
-                                     "saved as adapter_model.safetensors"), LORA_TITLE)
-    return _titled(make(vid, "pass", f"{item.adapter.name} (r {item.adapter.r}) loads with "
-                        f"ExLlamaV2Lora {what}",
-                        code="check.lora.ok", also=found), LORA_TITLE)
+        return from_findings(vid, "fail", refusals, "use a PEFT LoRA trained on this base model, "
+                             "saved as adapter_model.safetensors", title=LORA_TITLE)
+    return make(vid, "pass", f"{item.adapter.name} (r {item.adapter.r}) loads with ExLlamaV2Lora {what}",
+                code="check.lora.ok", also=found, title=LORA_TITLE)
 
 
 def companion_verdicts(model: ModelSpec | None, draft: str | None, loras: list[str]) -> list[Verdict]:

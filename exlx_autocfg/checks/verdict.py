@@ -104,15 +104,16 @@ def make(
     *,
     code: str,
     also: list[Finding] | None = None,
+    title: str | None = None,
     **extra: Any,
 ) -> Verdict:
-    """A verdict for one of the registered checks (the title comes from CHECKS); the reason becomes one
-    sentence on one line; `code` must be registered (exlx_autocfg.findings.CODES)."""
+    """A verdict for one of the registered checks (the title, unless given, comes from CHECKS); the reason
+    becomes one sentence on one line; `code` must be registered (exlx_autocfg.findings.CODES)."""
     if code not in CODES:
         raise ValueError(f"unregistered verdict code {code!r}")
     return Verdict(
         id=check_id,
-        title=CHECKS.get(check_id, check_id),
+        title=title or CHECKS.get(check_id, check_id),
         status=status,
         reason=sentence(reason),
         code=code,
