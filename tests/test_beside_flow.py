@@ -264,9 +264,13 @@ def test_tabbyapi_tensor_parallel_with_a_pinned_draft(dirs):
 
 
 def test_per_model_tabby_config_has_the_draft_but_no_lora(draft_plan):
-    doc = _tabby_doc(emit(draft_plan, "tabbyapi-model").text)
+    text = emit(draft_plan, "tabbyapi-model").text
+    doc = _tabby_doc(text)
     assert set(doc) == {"model", "draft_model"}
     tabby.validate(doc)
+    # the header names the sections this file owns: a per-model file writes no lora:, config.yml does
+    assert "owns under model:, draft_model:; the rest stays." in text
+    assert "owns under model:, draft_model:, lora:; the rest stays." in emit(draft_plan, "tabbyapi").text
 
 
 def test_merge_writes_the_sections_and_clears_an_unplanned_draft(dirs, draft_plan, tmp_path, capsys):

@@ -13,6 +13,7 @@ from typing import Any
 from exlx_autocfg.emitters import exllamav2_args, json_plan, shell_env, tabbyapi, textgen
 from exlx_autocfg.emitters.common import header
 from exlx_autocfg.emitters.source import EmitInput, as_input
+from exlx_autocfg.emitters.yaml_merge import dump_yaml
 from exlx_autocfg.errors import UsageError
 
 FORMATS: dict[str, str] = {
@@ -65,12 +66,11 @@ def emit(source: Any, fmt: str, *, shell: str = "sh", script: str = exllamav2_ar
     src = as_input(source, machine_gpu_count)
     if fmt in ("tabbyapi", "tabbyapi-model"):
         per_model = fmt == "tabbyapi-model"
-        target = "TabbyAPI tabby_config.yml (per model)" if per_model else "TabbyAPI config.yml"
+        page_header = tabbyapi.page_header(src, per_model=per_model)
         sections = tabbyapi.sections(src, per_model=per_model)
+        text = page_header + "\n" + dump_yaml(sections)
         values = sections.pop(tabbyapi.SECTION)
-        return Emitted(fmt, tabbyapi.render(src, per_model=per_model),
-                       merge_section=(tabbyapi.SECTION,), merge_values=values,
-                       header=header(src, target, tabbyapi.notes(src)),
+        return Emitted(fmt, text, merge_section=(tabbyapi.SECTION,), merge_values=values, header=page_header,
                        more_sections=tuple(((name,), v) for name, v in sections.items()))
     if fmt == "textgen":
         key = textgen.entry_key(textgen.folder_name(src))

@@ -44,7 +44,6 @@ from exlx_autocfg.emitters.common import (
     runtime_env,
 )
 from exlx_autocfg.emitters.source import EmitInput
-from exlx_autocfg.emitters.yaml_merge import dump_yaml
 from exlx_autocfg.versions import cc_of
 
 SECTION = "model"
@@ -202,8 +201,8 @@ def clear_unplanned(src: EmitInput, existing_text: str | None, *, per_model: boo
     return out
 
 
-def notes(src: EmitInput) -> list[str]:
-    """Comment lines that explain how TabbyAPI will treat this plan."""
+def notes(src: EmitInput, *, per_model: bool = False) -> list[str]:
+    """Comment lines that explain how TabbyAPI will treat this plan (in config.yml or a per-model file)."""
     lines = []
     if compatibility_mode(src):
         lines.append(
@@ -241,7 +240,7 @@ def notes(src: EmitInput) -> list[str]:
     if not src.model_path:
         lines.append("model_dir/model_name not set: the plan names a catalog model, not a local folder.")
     lines += _beside_notes(src)
-    owned = ", ".join(f"{name}:" for name in sections(src))
+    owned = ", ".join(f"{name}:" for name in sections(src, per_model=per_model))
     lines.append(f"`emit --out` re-merges only the keys exlx-autocfg owns under {owned}; the rest stays.")
     return lines
 
@@ -271,11 +270,10 @@ def _beside_notes(src: EmitInput) -> list[str]:
     return lines
 
 
-def render(src: EmitInput, *, per_model: bool = False) -> str:
-    """A complete config.yml (`model:` block only) or tabby_config.yml, with the header comment."""
+def page_header(src: EmitInput, *, per_model: bool = False) -> str:
+    """The header comment of config.yml or of a per-model tabby_config.yml."""
     target = "TabbyAPI tabby_config.yml (per model)" if per_model else "TabbyAPI config.yml"
-    text = header(src, target, notes(src))
-    return text + "\n" + dump_yaml(sections(src, per_model=per_model))
+    return header(src, target, notes(src, per_model=per_model))
 
 
 def keep_model_dir(values: dict[str, Any], existing_text: str | None, base: Path) -> dict[str, Any]:
