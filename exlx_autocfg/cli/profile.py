@@ -130,33 +130,32 @@ def verify_command(
         else:
             note = f"the profile's interpreter {recorded} no longer exists: probed this one instead"
     facts = detect(python=python)
+    stamps = read_companion_stamps(profile.computed_for)  # the draft's and adapters' files as they are now
     spec: Any = None
     if model is not None:
         from exlx_autocfg.model.load import load_model_spec
 
         spec = load_model_spec(model)
-        changes = find_changes(profile, facts, spec.fingerprint, model_dir=model,
-                               companions=read_companion_stamps(profile.computed_for))
+        changes = find_changes(profile, facts, spec.fingerprint, model_dir=model, companions=stamps)
         m = profile.computed_for.model
         if not any(c.kind == "model" for c in changes) and m.hf_repo:
             same = (f"{model} holds the revision the profile was planned from: "
                     f"hf:{m.hf_repo}@{m.hf_revision} (commit {(m.hf_commit or '?')[:12]})")
-            note = f"{note}; {same}" if note else same
+            note = _also(note, same)
     elif profile.computed_for.model.hf_repo and not profile.computed_for.model.dir:
-        changes, checked, spec = hub_changes(profile, facts)
-        note = f"{note}; {checked}" if note and checked else note or checked
+        changes, checked, spec = hub_changes(profile, facts, stamps)
+        note = _also(note, checked)
     else:
         spec, exists = profile_model(profile)
         fingerprint = spec.fingerprint if spec is not None and profile.computed_for.model.dir else None
-        changes = find_changes(profile, facts, fingerprint, model_dir_exists=exists,
-                               companions=read_companion_stamps(profile.computed_for))
+        changes = find_changes(profile, facts, fingerprint, model_dir_exists=exists, companions=stamps)
     # The settings as they are in the file (hand edits included), re-checked with the memory model.
     from exlx_autocfg.profile.recheck import settings_problems
 
     problems = settings_problems(profile, spec) if spec is not None else []
     if spec is None:
         unchecked = "the settings were not re-checked: the model could not be read"
-        note = f"{note}; {unchecked}" if note else unchecked
+        note = _also(note, unchecked)
     if as_json:
         typer.echo(json.dumps({
             "profile": str(profile_path),
@@ -290,26 +289,29 @@ def profile_model(profile: Profile) -> tuple[Any, bool]:
         return None, True  # a catalog name this version does not know
 
 
-def hub_changes(profile: Profile, facts: Any) -> tuple[list[Any], str | None, Any]:
+def _also(note: str | None, extra: str | None) -> str | None:
+    """Two notes joined into one line (either may be missing)."""
+    return f"{note}; {extra}" if note and extra else note or extra
+
+
+def hub_changes(profile: Profile, facts: Any, stamps: Any) -> tuple[list[Any], str | None, Any]:
     """A profile planned from the Hub before the download: is its revision still what it was? (A branch
     may have been re-uploaded.) Returns the changes, a note when the Hub could not be asked, and the spec
     read from the Hub (None then)."""
     from exlx_autocfg.errors import HubError
     from exlx_autocfg.model.hub import HubRef, read_hub_spec
     from exlx_autocfg.profile.staleness import find_changes
-    from exlx_autocfg.profile.stamps import read_companion_stamps
 
     m = profile.computed_for.model
     revision = m.hf_revision or m.hf_commit
     try:
         spec = read_hub_spec(HubRef(str(m.hf_repo), revision))
     except HubError as exc:
-        return (find_changes(profile, facts, None, companions=read_companion_stamps(profile.computed_for)),
+        return (find_changes(profile, facts, None, companions=stamps),
                 f"the Hub revision was not checked: {exc.one_line()}", None)
     assert spec.hub is not None
     now = f"hf:{m.hf_repo}@{revision} (now commit {spec.hub.commit[:12]})"
-    return find_changes(profile, facts, spec.fingerprint, model_dir=now,
-                        companions=read_companion_stamps(profile.computed_for)), None, spec
+    return find_changes(profile, facts, spec.fingerprint, model_dir=now, companions=stamps), None, spec
 
 
 # Plan request keys -> `profile` options, with the defaults that need not be repeated.
