@@ -5,6 +5,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # `tests.support` importable from every test module
@@ -23,3 +25,21 @@ os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="exlx-test-hf-")
 for _var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE",
              "HUGGINGFACE_HUB_CACHE", "HF_TOKEN_PATH"):
     os.environ.pop(_var, None)
+
+
+@pytest.fixture
+def no_exllama_switches(monkeypatch):
+    """No EXLLAMA_NO_* in the environment, and the test process's own put back afterwards (prepare() and
+    the loader set them in os.environ)."""
+    from exlx_autocfg.exl2 import ENV
+
+    for var in ENV.values():
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture(scope="session")
+def exl2():
+    """The real exllamav2 wheel, imported once with its compiled extension replaced by the stand-in."""
+    from tests.support.standin import import_exllamav2
+
+    return import_exllamav2()

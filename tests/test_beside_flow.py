@@ -14,7 +14,6 @@ import yaml
 from exlx_autocfg.cli import run
 from exlx_autocfg.emitters import emit
 from exlx_autocfg.errors import LoraRefusedError, ProfileError
-from exlx_autocfg.exl2 import ENV
 from exlx_autocfg.facts.what_if import what_if_facts
 from exlx_autocfg.findings import codes_of
 from exlx_autocfg.model.load import load_model_spec
@@ -32,18 +31,8 @@ from tests.support import profile_samples as samples
 from tests.support import tabbyapi_models as tabby
 from tests.support.adapters import make_adapter
 from tests.support.model_dirs import make_model_dir
-from tests.support.standin import import_exllamav2
 
-
-@pytest.fixture(scope="module")
-def exl2():
-    return import_exllamav2()
-
-
-@pytest.fixture(autouse=True)
-def restore_switches(monkeypatch):
-    for var in ENV.values():
-        monkeypatch.delenv(var, raising=False)
+pytestmark = pytest.mark.usefixtures("no_exllama_switches")
 
 
 @pytest.fixture(scope="module")

@@ -21,16 +21,10 @@ from exlx_autocfg.model.load import load_model_spec
 from exlx_autocfg.planner.core import device_totals_at, plan
 from tests.support.adapters import make_adapter
 from tests.support.model_dirs import make_model_dir
-from tests.support.standin import import_exllamav2
 
 PAGE = 256
 CACHE_CLASSES = {"FP16": "ExLlamaV2Cache", "Q8": "ExLlamaV2Cache_Q8", "Q6": "ExLlamaV2Cache_Q6",
                  "Q4": "ExLlamaV2Cache_Q4"}
-
-
-@pytest.fixture(scope="module")
-def exl2():
-    return import_exllamav2()
 
 
 @pytest.fixture(scope="module")

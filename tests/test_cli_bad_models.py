@@ -10,7 +10,6 @@ import pytest
 
 from exlx_autocfg.cli import run
 from tests.support.model_dirs import make_model_dir, model_preprocessor
-from tests.support.standin import import_exllamav2
 
 
 def _plan(capsys, directory) -> tuple[int, str, str]:
@@ -27,11 +26,6 @@ def _expect_refusal(capsys, directory, *needles: str) -> str:
     for needle in needles:
         assert needle in line, line
     return line
-
-
-@pytest.fixture(scope="module")
-def exl2():
-    return import_exllamav2()
 
 
 def _real_refuses(exl2, directory) -> bool:

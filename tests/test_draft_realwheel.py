@@ -21,7 +21,6 @@ from exlx_autocfg.model.tokenizer import from_config, read_tokenizer_info
 from exlx_autocfg.planner import draft as dr
 from exlx_autocfg.planner import memory
 from tests.support.model_dirs import make_model_dir, model_config
-from tests.support.standin import import_exllamav2
 
 CACHE_CLASSES = {
     "FP16": "ExLlamaV2Cache",
@@ -30,11 +29,6 @@ CACHE_CLASSES = {
     "Q4": "ExLlamaV2Cache_Q4",
 }
 MAIN_SEQ = 32768  # the draft runs at the model's max_seq_len
-
-
-@pytest.fixture(scope="module")
-def exl2():
-    return import_exllamav2()
 
 
 @pytest.fixture(scope="module")

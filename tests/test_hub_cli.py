@@ -15,7 +15,6 @@ import pytest
 
 from exlx_autocfg.cli import run
 from exlx_autocfg.errors import StaleProfileError
-from exlx_autocfg.exl2 import ENV
 from exlx_autocfg.model.hub import read_hub_spec
 from exlx_autocfg.model.load import load_model_spec
 from exlx_autocfg.planner.core import plan
@@ -312,14 +311,8 @@ def test_verify_a_hub_profile_asks_the_hub_whether_its_branch_moved(hub, tmp_pat
     assert out.splitlines()[0].startswith("note: the Hub revision was not checked: cannot reach the Hub")
 
 
-@pytest.fixture
-def no_switches(monkeypatch):
-    for var in ENV.values():
-        monkeypatch.delenv(var, raising=False)
-
-
 @pytest.mark.slow  # imports the real exllamav2 (its stand-in extension) to build the config
-def test_prepare_finds_the_hub_profile_for_the_download(hub, tmp_path, models, no_switches):
+def test_prepare_finds_the_hub_profile_for_the_download(hub, tmp_path, models, no_exllama_switches):
     facts = samples.facts(xformers=None)  # matmul: what this process's exllamav2 (CPU torch) can run
     spec = read_hub_spec(f"hf:{LLAMA}@4.0bpw")
     path = default_profile_path(spec.name, spec.fingerprint, profile_from_plan(plan(facts, spec), facts)

@@ -12,25 +12,13 @@ import warnings
 import pytest
 
 from exlx_autocfg.errors import ModelSpecError, ProfileError, StaleProfileError, UsageError
-from exlx_autocfg.exl2 import ENV
 from exlx_autocfg.model.load import load_model_spec
 from exlx_autocfg.profile.format import profile_from_plan, read_profile, write_profile
 from exlx_autocfg.profile.loader import LoaderError, StaleProfileWarning, prepare
 from tests.support import profile_samples as samples
 from tests.support.model_dirs import make_model_dir
-from tests.support.standin import import_exllamav2
 
-
-@pytest.fixture(scope="module")
-def exl2():
-    return import_exllamav2()
-
-
-@pytest.fixture(autouse=True)
-def restore_switches(monkeypatch):
-    """prepare() sets EXLLAMA_NO_* in os.environ; put the test process's environment back afterwards."""
-    for var in ENV.values():
-        monkeypatch.delenv(var, raising=False)
+pytestmark = pytest.mark.usefixtures("no_exllama_switches")
 
 
 @pytest.fixture(scope="module")

@@ -19,12 +19,6 @@ from exlx_autocfg.model.lora import AdapterError, read_adapter
 from exlx_autocfg.planner import lora as lp
 from tests.support.adapters import ALL, PREFIX, make_adapter
 from tests.support.model_dirs import make_model_dir
-from tests.support.standin import import_exllamav2
-
-
-@pytest.fixture(scope="module")
-def exl2():
-    return import_exllamav2()
 
 
 def _real(exl2, base_dir, adapter_dir, scale=1.0):

@@ -17,7 +17,6 @@ from exlx_autocfg.model.architectures import supported_architectures
 from exlx_autocfg.model.load import load_model_spec
 from exlx_autocfg.planner import memory
 from tests.support.model_dirs import make_model_dir
-from tests.support.standin import import_exllamav2
 
 # One full-size model per architecture exllamav2 0.3.2 recognises (catalog or FIXTURE_CONFIGS), and what
 # each adds. Layer counts are the published ones except where the override says (a layer repeats).
@@ -63,11 +62,6 @@ CASES = [(a, "exl2") for a in ARCHITECTURES] + [(a, "fp16") for a in FP16]
 def test_every_recognised_architecture_is_covered():
     assert sorted(ARCHITECTURES) == sorted(supported_architectures())
     assert len(ARCHITECTURES) == 28
-
-
-@pytest.fixture(scope="module")
-def exl2():
-    return import_exllamav2()
 
 
 @pytest.fixture(scope="module")

@@ -15,15 +15,9 @@ from exlx_autocfg.model.architectures import supported_architectures
 from exlx_autocfg.model.config import parse_config
 from exlx_autocfg.model.spec import ModelSpec
 from tests.support.model_dirs import model_config, model_preprocessor
-from tests.support.standin import import_exllamav2
 from tests.test_memory_exllamav2 import ARCHITECTURES
 
 FLAGS = list(itertools.product([False, True], repeat=4))  # flash, flash window, flash softcap, xformers
-
-
-@pytest.fixture(scope="module")
-def exl2():
-    return import_exllamav2()
 
 
 def _real_config(exl2, tmp_path, config: dict):

@@ -13,14 +13,8 @@ from exlx_autocfg.model.catalog import catalog
 from exlx_autocfg.model.load import load_model_spec
 from exlx_autocfg.planner import memory
 from tests.support.model_dirs import FIXTURE_CONFIGS, TINY_CONFIGS, make_model_dir
-from tests.support.standin import import_exllamav2
 
 REDUCED = {"qwen3-235b-a22b": 2, "qwen3-30b-a3b": 4}  # 128 experts a layer: fewer layers, same shapes
-
-
-@pytest.fixture(scope="module")
-def exl2():
-    return import_exllamav2()
 
 
 def _arch_config(name: str) -> dict:

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from exlx_autocfg.cli import run
-from exlx_autocfg.exl2 import CACHE_CLASS, ENV
+from exlx_autocfg.exl2 import CACHE_CLASS
 from exlx_autocfg.facts.detect import facts_from_probe
 from exlx_autocfg.facts.gpuinfo import read_gpu_report
 from exlx_autocfg.facts.probe_runner import run_probe
@@ -24,7 +24,6 @@ from tests.support import profile_samples as samples
 from tests.support.envs import child_env, xformers_site
 from tests.support.fake_pynvml import use_fake_nvml, with_memory
 from tests.support.model_dirs import make_model_dir
-from tests.support.standin import import_exllamav2
 
 FP = "ab" * 32
 OLD_PATH = "xformers.ops.fmha.LowerTriangularFromBottomRightMask"
@@ -90,11 +89,9 @@ def test_less_vram_from_the_fake_nvml(probe_docs, monkeypatch):
     assert [c.kind for c in find_changes(profile, other, FP)] == ["gpu", "gpu"]
 
 
-def test_prepare_replans_a_stale_profile_with_the_real_planner(monkeypatch, tmp_path):
+def test_prepare_replans_a_stale_profile_with_the_real_planner(monkeypatch, tmp_path, exl2,
+                                                              no_exllama_switches):
     """on_stale='replan' (the default): plan again with the profile's request, rewrite it, say why."""
-    exl2 = import_exllamav2()
-    for var in ENV.values():
-        monkeypatch.delenv(var, raising=False)
     model = make_model_dir(tmp_path, "llama3-8b", quant="exl2", bpw=4.0)
     spec = load_model_spec(model)
     # No xformers and torch 2.3 (no causal_lower_right): the planner picks matmul, which runs here too.

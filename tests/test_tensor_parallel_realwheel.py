@@ -46,11 +46,6 @@ MODELS = [
 
 
 @pytest.fixture(scope="module")
-def exl2():
-    return import_exllamav2()
-
-
-@pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("tp-models")
     return {arch: make_model_dir(root, arch, bpw=bpw) for arch, bpw in MODELS}

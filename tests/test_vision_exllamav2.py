@@ -16,16 +16,10 @@ from exlx_autocfg.model.load import load_model_spec
 from exlx_autocfg.planner import memory, vision
 from tests.support import vision_run
 from tests.support.model_dirs import make_model_dir
-from tests.support.standin import import_exllamav2
 
 FULL = ["gemma3-4b", "gemma3-27b", "pixtral-12b", "mistral-small-3.1-24b", "qwen2-vl-7b", "qwen2.5-vl-7b",
         "qwen2.5-vl-72b"]  # fmt: skip
 TINY = ["tiny-gemma3", "tiny-pixtral", "tiny-mistral3", "tiny-qwen2-vl", "tiny-qwen2.5-vl"]
-
-
-@pytest.fixture(scope="module")
-def exl2():
-    return import_exllamav2()
 
 
 @pytest.fixture(scope="module")
