@@ -70,8 +70,8 @@ def grid() -> None:
 
 def every_architecture() -> None:
     try:
+        from tests.support.arch_models import ARCHITECTURES
         from tests.support.model_dirs import make_model_dir
-        from tests.test_memory_exllamav2 import ARCHITECTURES
     except ImportError as exc:  # the exllamav2 wheel and the test support are dev-only
         print(f"\narchitectures: skipped ({exc}); install with pip install -e '.[test]'")
         return

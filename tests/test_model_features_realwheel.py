@@ -14,8 +14,8 @@ from exlx_autocfg import exl2 as vocab
 from exlx_autocfg.model.architectures import supported_architectures
 from exlx_autocfg.model.config import parse_config
 from exlx_autocfg.model.spec import ModelSpec
+from tests.support.arch_models import ARCHITECTURES
 from tests.support.model_dirs import model_config, model_preprocessor
-from tests.test_memory_exllamav2 import ARCHITECTURES
 
 FLAGS = list(itertools.product([False, True], repeat=4))  # flash, flash window, flash softcap, xformers
 

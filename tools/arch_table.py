@@ -24,9 +24,9 @@ from exlx_autocfg.model.load import load_model_spec  # noqa: E402
 from exlx_autocfg.planner import memory  # noqa: E402
 from exlx_autocfg.planner import vision as vis  # noqa: E402
 from tests.support import vision_run  # noqa: E402
+from tests.support.arch_models import ARCHITECTURES  # noqa: E402
 from tests.support.model_dirs import make_model_dir  # noqa: E402
 from tests.support.standin import import_exllamav2  # noqa: E402
-from tests.test_memory_exllamav2 import ARCHITECTURES  # noqa: E402
 
 
 def _nbytes(tensors: list) -> int:
