@@ -21,10 +21,9 @@ from exlx_autocfg.model.load import load_model_spec
 from exlx_autocfg.planner.core import device_totals_at, plan
 from tests.support.adapters import make_adapter
 from tests.support.model_dirs import make_model_dir
+from tests.support.real_wheel import CACHE_CLASSES, real_cache_bytes
 
 PAGE = 256
-CACHE_CLASSES = {"FP16": "ExLlamaV2Cache", "Q8": "ExLlamaV2Cache_Q8", "Q6": "ExLlamaV2Cache_Q6",
-                 "Q4": "ExLlamaV2Cache_Q4"}
 
 
 @pytest.fixture(scope="module")
@@ -65,20 +64,6 @@ def _real_model(exl2, directory, *, seq, chunk):
     return exl2.ExLlamaV2(config)
 
 
-def _real_cache_bytes(exl2, model, mode, seq, layers):
-    """The real cache class's tensors for `layers`, allocated on the meta device: K/V, scales, FP16 "
-      "staging."""
-    cache = getattr(exl2, CACHE_CLASSES[mode])(model, max_seq_len=seq, lazy=True)
-    model.cache_map = {layer: "meta" for layer in layers}
-    cache.update_cache_tensors()
-    states = sum(t.numel() * t.element_size()
-                 for t in cache.key_states + cache.value_states + cache.key_scales + cache.value_scales
-                 if t is not None)
-    staging = sum(t.numel() * t.element_size() for pair in getattr(cache, "temp_tensors", {}).values()
-                  for t in pair)
-    return states, staging
-
-
 # ------------------------------------------------------------------------------------------------- draft
 
 
@@ -103,8 +88,8 @@ def test_the_draft_in_the_plan_is_what_exllamav2_allocates(exl2, dirs, torch_rig
     assert parts["draft_weights"] == sum(m.weight_footprint() for m in draft.modules[1:])
     assert parts["draft_weights"] == p.draft["weights_bytes"]
     assert parts["draft_scratch"] == _Recorder.made[0] // 2 * 2
-    states, staging = _real_cache_bytes(exl2, draft, mode, s.max_seq_len,
-                                        range(draft.config.num_hidden_layers))
+    states, staging = real_cache_bytes(exl2, draft, mode, seq=s.max_seq_len,
+                                       layers=range(draft.config.num_hidden_layers))
     assert (parts["draft_cache"], parts["draft_staging"]) == (states, staging)
     assert "draft_weights" not in p.memory[1].parts
     # Everything on GPU 0 is in its row, and the row is within its budget.
@@ -116,7 +101,8 @@ def test_the_draft_per_token_cache_has_the_models_meaning(exl2, dirs, rig):
     p = plan(rig, dirs["72b"], draft=dirs["draft"], cache="Q8")
     draft = _real_model(exl2, dirs["draft"], seq=4096, chunk=2048)
     for mode in CACHE_CLASSES:
-        states, staging = _real_cache_bytes(exl2, draft, mode, 4096, range(draft.config.num_hidden_layers))
+        states, staging = real_cache_bytes(exl2, draft, mode, seq=4096,
+                                           layers=range(draft.config.num_hidden_layers))
         assert p.draft["kv_cache_bytes_per_token"][mode] * 4096 == states + staging
     assert set(p.draft["kv_cache_bytes_per_token"]) == set(p.kv_cache_bytes_per_token)
 

@@ -21,13 +21,8 @@ from exlx_autocfg.model.tokenizer import from_config, read_tokenizer_info
 from exlx_autocfg.planner import draft as dr
 from exlx_autocfg.planner import memory
 from tests.support.model_dirs import make_model_dir, model_config
+from tests.support.real_wheel import CACHE_CLASSES, real_cache_bytes
 
-CACHE_CLASSES = {
-    "FP16": "ExLlamaV2Cache",
-    "Q8": "ExLlamaV2Cache_Q8",
-    "Q6": "ExLlamaV2Cache_Q6",
-    "Q4": "ExLlamaV2Cache_Q4",
-}
 MAIN_SEQ = 32768  # the draft runs at the model's max_seq_len
 
 
@@ -107,17 +102,8 @@ def test_draft_cache_per_gpu_is_exllamav2s(exl2, monkeypatch, draft_dir, mode):
         if hasattr(m, "layer_idx") and type(m).__name__ == "ExLlamaV2Attention"
     }
     for d in plan.devices:
-        cache = getattr(exl2, CACHE_CLASSES[mode])(model, max_seq_len=MAIN_SEQ, lazy=True)
-        model.cache_map = {layer: "meta" for layer, i in by_layer.items() if i == d.position}
-        cache.update_cache_tensors()
-        states = sum(
-            t.numel() * t.element_size()
-            for t in cache.key_states + cache.value_states + cache.key_scales + cache.value_scales
-            if t is not None
-        )
-        staging = sum(
-            t.numel() * t.element_size() for pair in getattr(cache, "temp_tensors", {}).values() for t in pair
-        )
+        states, staging = real_cache_bytes(exl2, model, mode, seq=MAIN_SEQ,
+                                           layers=[layer for layer, i in by_layer.items() if i == d.position])
         assert (d.cache_bytes, d.staging_bytes) == (states, staging), d.position
     assert len(plan.devices) == 2
     assert sum(d.cache_bytes for d in plan.devices) == memory.kv_cache_bytes(spec, mode, MAIN_SEQ)
@@ -127,19 +113,9 @@ def test_draft_weights_and_per_token_cache(exl2, draft_dir):
     spec = load_model_spec(draft_dir)
     model = _model(exl2, draft_dir)
     assert dr.draft_weights_bytes(spec) == sum(m.weight_footprint() for m in model.modules[1:])
-    for mode, cls in CACHE_CLASSES.items():
-        cache = getattr(exl2, cls)(model, max_seq_len=1024, lazy=True)
-        model.cache_map = {i: "meta" for i in range(spec.num_hidden_layers)}
-        cache.update_cache_tensors()
-        total = sum(
-            t.numel() * t.element_size()
-            for t in cache.key_states + cache.value_states + cache.key_scales + cache.value_scales
-            if t is not None
-        )
-        total += sum(
-            t.numel() * t.element_size() for pair in getattr(cache, "temp_tensors", {}).values() for t in pair
-        )
-        assert total == 1024 * dr.draft_kv_cache_bytes_per_token(spec)[mode]
+    for mode in CACHE_CLASSES:
+        states, staging = real_cache_bytes(exl2, model, mode, seq=1024, layers=range(spec.num_hidden_layers))
+        assert states + staging == 1024 * dr.draft_kv_cache_bytes_per_token(spec)[mode]
 
 
 def test_autosplit_puts_a_small_draft_on_gpu_0_and_spills_at_the_boundary(exl2, draft_dir):

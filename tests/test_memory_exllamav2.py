@@ -18,6 +18,7 @@ from exlx_autocfg.model.load import load_model_spec
 from exlx_autocfg.planner import memory
 from tests.support.arch_models import ARCHITECTURES
 from tests.support.model_dirs import make_model_dir
+from tests.support.real_wheel import CACHE_CLASSES, real_cache_bytes, storage_bytes
 
 # FP16 checkpoints where the layout differs: fused q/k/v or gate/up (exllamav2 falls back to its assumed
 # footprint for the parts), keymapped Hugging Face names, fused experts, an fp32 checkpoint.
@@ -52,15 +53,6 @@ def _real_model(exl2, directory, *, max_input_len=2048, max_batch_size=1, max_se
     return exl2.ExLlamaV2(config)
 
 
-def _nbytes(tensors) -> int:
-    """Bytes of distinct storages (GPT-2's sin and cos are one tensor)."""
-    seen = {}
-    for t in tensors:
-        if t is not None:
-            seen[t.untyped_storage()._cdata] = t.untyped_storage().nbytes()
-    return sum(seen.values())
-
-
 def _keys(model) -> list[str]:
     """exllamav2 keys attention and MLP by their layer prefix; ours add the sub-module name."""
     suffix = {"ExLlamaV2Attention": ".self_attn", "ExLlamaV2MLP": ".mlp", "ExLlamaV2MoEMLP": ".mlp"}
@@ -93,12 +85,6 @@ def test_module_costs_match_exllamav2(exl2, dirs, case, max_input_len, max_batch
     assert windows == [spec.sliding_window_of(i) for i in range(spec.num_hidden_layers)]
 
 
-CACHE_CLASSES = {
-    "FP16": "ExLlamaV2Cache",
-    "Q8": "ExLlamaV2Cache_Q8",
-    "Q6": "ExLlamaV2Cache_Q6",
-    "Q4": "ExLlamaV2Cache_Q4",
-}
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
@@ -109,21 +95,15 @@ def test_cache_bytes_match_exllamav2(exl2, dirs, arch, seq_len, batch):
     model = _real_model(exl2, directory)
     layers = list(range(0, spec.num_hidden_layers, 3))  # a partial split: only these layers on the device
     for mode, cls_name in CACHE_CLASSES.items():
-        cache = getattr(exl2, cls_name)(model, batch_size=batch, max_seq_len=seq_len, lazy=True)
-        model.cache_map = {i: "meta" for i in layers}
-        cache.update_cache_tensors()  # the autosplit path: allocates per layer + staging per device
-        states = _nbytes(cache.key_states + cache.value_states + cache.key_scales + cache.value_scales)
-        staging = _nbytes([t for pair in getattr(cache, "temp_tensors", {}).values() for t in pair])
+        # the autosplit path: allocates per layer + staging per device
+        states, staging = real_cache_bytes(exl2, model, mode, seq=seq_len, layers=layers, batch=batch)
         assert states == memory.kv_cache_bytes(spec, mode, seq_len, batch, layers=layers), mode
         assert staging == memory.kv_staging_bytes(spec, mode, seq_len, batch), mode
         if mode != "FP16":
+            cache = getattr(exl2, cls_name)(model, batch_size=batch, max_seq_len=seq_len, lazy=True)
             assert cache.q_block == memory.q_block(spec)
         # bytes per token at batch 1, the figure `plan` prints for each mode
-        one = getattr(exl2, cls_name)(model, batch_size=1, max_seq_len=1, lazy=True)
-        model.cache_map = {i: "meta" for i in range(spec.num_hidden_layers)}
-        one.update_cache_tensors()
-        per_token = _nbytes(one.key_states + one.value_states + one.key_scales + one.value_scales)
-        per_token += _nbytes([t for pair in getattr(one, "temp_tensors", {}).values() for t in pair])
+        per_token = sum(real_cache_bytes(exl2, model, mode, seq=1, layers=range(spec.num_hidden_layers)))
         assert per_token == memory.kv_cache_bytes_per_token(spec, mode), mode
 
 
@@ -169,6 +149,7 @@ def test_rope_tables_match_exllamav2(exl2, dirs, arch):
     ctx.scratch = None
     with torch.inference_mode():
         ctx.prepare(True)  # the real sin/cos construction and scratch allocation, on the CPU
-    assert _nbytes(ctx.sin + ctx.cos) == memory.rope_bytes(spec, seq)
+    assert storage_bytes(ctx.sin + ctx.cos) == memory.rope_bytes(spec, seq)
     assert len(ctx.sin) == memory.rope_tables(spec) or spec.rope_style == "none"
-    assert _nbytes([ctx.scratch]) == memory.fixed_scratch_bytes(memory.module_costs(spec, max_seq_len=seq))
+    scratch = memory.fixed_scratch_bytes(memory.module_costs(spec, max_seq_len=seq))
+    assert storage_bytes([ctx.scratch]) == scratch

@@ -28,14 +28,9 @@ from exlx_autocfg.model.load import load_model_spec
 from exlx_autocfg.planner import memory
 from exlx_autocfg.planner import tensor_parallel as tp
 from tests.support.model_dirs import make_model_dir
+from tests.support.real_wheel import CACHE_CLASSES
 from tests.support.standin import import_exllamav2
 
-CACHE_CLASSES = {
-    "FP16": "ExLlamaV2Cache",
-    "Q8": "ExLlamaV2Cache_Q8",
-    "Q6": "ExLlamaV2Cache_Q6",
-    "Q4": "ExLlamaV2Cache_Q4",
-}
 MODELS = [
     ("qwen2.5-72b", 4.25),
     ("llama3-70b", 4.0),

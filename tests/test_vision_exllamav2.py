@@ -16,6 +16,7 @@ from exlx_autocfg.model.load import load_model_spec
 from exlx_autocfg.planner import memory, vision
 from tests.support import vision_run
 from tests.support.model_dirs import make_model_dir
+from tests.support.real_wheel import storage_bytes
 
 FULL = ["gemma3-4b", "gemma3-27b", "pixtral-12b", "mistral-small-3.1-24b", "qwen2-vl-7b", "qwen2.5-vl-7b",
         "qwen2.5-vl-72b"]  # fmt: skip
@@ -81,7 +82,7 @@ def test_the_tower_lands_on_device_0_and_rebuilds_the_text_rope_tables(exl2, dir
     with torch.inference_mode():
         ctx.prepare(False)  # what the first attention call (forward_torch) does: no scratch tensor
     assert ctx.scratch is None
-    assert vision_run.storage_bytes(ctx.sin + ctx.cos) == costs.rope_bytes == memory.rope_bytes(spec, seq)
+    assert storage_bytes(ctx.sin + ctx.cos) == costs.rope_bytes == memory.rope_bytes(spec, seq)
 
 
 @pytest.mark.parametrize("name", TINY)

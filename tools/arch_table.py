@@ -19,30 +19,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from exlx_autocfg.exl2 import CACHE_CLASS, CACHE_MODES  # noqa: E402
+from exlx_autocfg.exl2 import CACHE_MODES  # noqa: E402
 from exlx_autocfg.model.load import load_model_spec  # noqa: E402
 from exlx_autocfg.planner import memory  # noqa: E402
 from exlx_autocfg.planner import vision as vis  # noqa: E402
 from tests.support import vision_run  # noqa: E402
 from tests.support.arch_models import ARCHITECTURES  # noqa: E402
 from tests.support.model_dirs import make_model_dir  # noqa: E402
+from tests.support.real_wheel import real_cache_bytes  # noqa: E402
 from tests.support.standin import import_exllamav2  # noqa: E402
 
 
-def _nbytes(tensors: list) -> int:
-    seen = {}
-    for t in tensors:
-        if t is not None:
-            seen[t.untyped_storage()._cdata] = t.untyped_storage().nbytes()
-    return sum(seen.values())
-
-
-def _real_per_token(exl2: object, model: object, layers: int, cls_name: str) -> int:
-    cache = getattr(exl2, cls_name)(model, batch_size=1, max_seq_len=1, lazy=True)
-    model.cache_map = {i: "meta" for i in range(layers)}  # type: ignore[attr-defined]
-    cache.update_cache_tensors()
-    states = _nbytes(cache.key_states + cache.value_states + cache.key_scales + cache.value_scales)
-    return states + _nbytes([t for pair in getattr(cache, "temp_tensors", {}).values() for t in pair])
+def _real_per_token(exl2: object, model: object, layers: int, mode: str) -> int:
+    return sum(real_cache_bytes(exl2, model, mode, seq=1, layers=range(layers)))
 
 
 def _mark(ours: int, real: int) -> str:
@@ -66,7 +55,7 @@ def main() -> None:
             ours_scratch = memory.fixed_scratch_bytes(costs)
             kv = []
             for mode in CACHE_MODES:
-                real = _real_per_token(exl2, model, spec.num_hidden_layers, CACHE_CLASS[mode])
+                real = _real_per_token(exl2, model, spec.num_hidden_layers, mode)
                 ours = memory.kv_cache_bytes_per_token(spec, mode)
                 kv.append(f"{real:,}{'' if ours == real else ' (' + _mark(ours, real) + ')'}")
             vision = "-"

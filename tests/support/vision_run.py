@@ -145,7 +145,3 @@ def embed_peak(tower: Any) -> tuple[int, int]:
         del out
     return mode.peak, fx * fy
 
-
-def storage_bytes(tensors: list[torch.Tensor]) -> int:
-    """Bytes of the distinct storages behind `tensors`."""
-    return sum({t.untyped_storage()._cdata: t.untyped_storage().nbytes() for t in tensors}.values())
