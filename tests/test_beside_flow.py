@@ -31,6 +31,7 @@ from tests.support import profile_samples as samples
 from tests.support import tabbyapi_models as tabby
 from tests.support.adapters import make_adapter
 from tests.support.model_dirs import make_model_dir
+from tests.support.real_wheel import CACHE_CLASSES
 
 pytestmark = pytest.mark.usefixtures("no_exllama_switches")
 
@@ -159,7 +160,8 @@ def test_prepare_builds_the_drafts_real_config_in_exllamav2s_order(exl2, dirs, d
     assert dc.num_hidden_layers == 24 and dc.scale_alpha_value == s.draft.rope_alpha
     assert (dc.no_flash_attn, dc.no_xformers, dc.no_sdpa) == (p.config.no_flash_attn, p.config.no_xformers,
                                                              p.config.no_sdpa)
-    assert p.draft_cache_class is getattr(exl2, s.draft.cache_class) and p.draft_gpu_split is None
+    assert p.draft_cache_class is getattr(exl2, CACHE_CLASSES[s.draft.cache_mode])
+    assert p.draft_gpu_split is None
     assert p.loras == [(str(dirs["lora"]), 0.75)]
     assert [n.split(":")[0] for n in p.notes if n.startswith(("draft", "LoRA"))] == [
         f"draft {s.draft.name}", "LoRA style"]

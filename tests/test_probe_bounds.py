@@ -13,6 +13,7 @@ from exlx_autocfg.cli import run
 from exlx_autocfg.facts.probe_runner import STARTUP_GRACE_S
 
 TIMEOUT = 1.0
+assert STARTUP_GRACE_S == 3.0  # the figures below: 1 s timeout + 3 s grace
 
 
 def interpreter(tmp_path: Path, body: str) -> str:
@@ -24,7 +25,7 @@ def interpreter(tmp_path: Path, body: str) -> str:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("command", "body", "says"), [
-    ("detect", "exec sleep 60", f"the probe did not finish within {TIMEOUT + STARTUP_GRACE_S:g}s"),
+    ("detect", "exec sleep 60", "the probe did not finish within 4s"),
     # Fails at once, then hangs when asked for its version (the diagnosis must not wait long either).
     ("check", 'case "$1" in -c) exec sleep 60;; esac; exit 3', "is not a Python interpreter"),
 ], ids=["hangs", "fails-then-hangs"])
@@ -36,4 +37,4 @@ def test_a_hanging_interpreter_is_given_up_on_in_time(tmp_path, capsys, command,
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and says in err, err
     # The bound is timeout + grace (4 s); 15 s was the old grace alone. Slack for a loaded machine.
-    assert took < TIMEOUT + STARTUP_GRACE_S + 4, took
+    assert took < 8, took

@@ -11,7 +11,6 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from exlx_autocfg.cli import run
-from exlx_autocfg.exl2 import CACHE_CLASS
 from exlx_autocfg.facts.detect import facts_from_probe
 from exlx_autocfg.facts.gpuinfo import read_gpu_report
 from exlx_autocfg.facts.probe_runner import run_probe
@@ -24,6 +23,7 @@ from tests.support import profile_samples as samples
 from tests.support.envs import child_env, xformers_site
 from tests.support.fake_pynvml import use_fake_nvml, with_memory
 from tests.support.model_dirs import make_model_dir
+from tests.support.real_wheel import CACHE_CLASSES
 
 FP = "ab" * 32
 OLD_PATH = "xformers.ops.fmha.LowerTriangularFromBottomRightMask"
@@ -108,7 +108,7 @@ def test_prepare_replans_a_stale_profile_with_the_real_planner(monkeypatch, tmp_
     assert rewritten.computed_for.gpus[0].memory_total == 6144 * 1024**2
     assert rewritten.request == first.request
     assert prepared.config.max_seq_len == rewritten.settings.max_seq_len
-    assert prepared.cache_class is getattr(exl2, CACHE_CLASS[rewritten.settings.cache_mode])
+    assert prepared.cache_class is getattr(exl2, CACHE_CLASSES[rewritten.settings.cache_mode])
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # now current: no warning, nothing re-planned
         again = prepare(model, path, facts=small)

@@ -592,10 +592,20 @@ def test_tp_memory_parts_add_up(dirs):
     split = tp.define_tp_split(spec, [24.0 * 1024] * 2, cache_tokens=32768, cache_mode="Q4")
     devices = tp.tp_memory(spec, split, cache_mode="Q4", max_seq_len=32768, max_input_len=2048)
     assert [d.device for d in devices] == [0, 1]
+    mib = 1024**2
     for d in devices:
-        assert d.kv_heads == 4 and d.q_heads == 32
-        assert d.rope_bytes == 2 * memory.rope_bytes(spec, 32768)  # the context's tables + get_sin_cos copies
-        assert d.cache_bytes * 2 == memory.kv_cache_bytes(spec, "Q4", 32768)
+        assert d.kv_heads == 4 and d.q_heads == 32  # 8 KV and 64 query heads, halved
+        # By hand (Qwen2.5-72B: 80 layers, head_dim 128, vocab 152064, hidden 8192):
+        # sin + cos, fp16, 32768 x 128 each = 16 MiB, twice: the context's tables + get_sin_cos copies
+        assert d.rope_bytes == 2 * 2 * 32768 * 128 * 2 == 32 * mib
+        # Q4: 4 KV heads x 128 = 512 values per token per K and per V, half a byte each, plus an fp16 scale
+        # per 32 values; 80 layers at 32768 tokens
+        assert d.cache_bytes == 80 * 2 * (32768 * 512 // 2 + 32768 * 512 // 32 * 2) == 1440 * mib
+        assert d.staging_bytes == 2 * 32768 * 512 * 2 == 64 * mib  # one layer's FP16 K/V pair
+        # 8 head rows: the final norm's two hidden-state broadcasts and a rows x (vocab / 2) fp16 output
+        assert d.transient_bytes == 2 * 8 * 8192 * 2 + 8 * (152064 // 2) * 2
+        assert d.total_bytes == (d.weights_bytes + d.cache_bytes + d.staging_bytes + d.scratch_bytes
+                                 + d.rope_bytes + d.transient_bytes)
     assert devices[0].load_peak_extra_bytes > 0 and devices[1].load_peak_extra_bytes == 0
 
 
