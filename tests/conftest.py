@@ -28,6 +28,21 @@ for _var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "TRANSFORME
 
 
 @pytest.fixture
+def no_hang():
+    """A test that blocks (on a FIFO, say) fails after 20 s instead of hanging the suite."""
+    import signal
+
+    def alarm(signum, frame):
+        raise TimeoutError("blocked: the command hung (a special file opened?)")
+
+    old = signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(20)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+@pytest.fixture
 def no_exllama_switches(monkeypatch):
     """No EXLLAMA_NO_* in the environment, and the test process's own put back afterwards (prepare() and
     the loader set them in os.environ)."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import socket
 import stat
 from collections.abc import Callable
@@ -519,19 +518,6 @@ def snapshot(root: Path) -> dict[str, tuple]:
 
 def changed(before: dict[str, tuple], after: dict[str, tuple]) -> set[str]:
     return {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
-
-
-@pytest.fixture()
-def no_hang():
-    """A case that blocks (on a FIFO, say) fails after 20 s instead of hanging the suite."""
-    def alarm(signum, frame):
-        raise TimeoutError("the command hung (blocked on a special file?)")
-
-    old = signal.signal(signal.SIGALRM, alarm)
-    signal.alarm(20)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
 
 
 # ------------------------------------------------------------------------------------------------ tests

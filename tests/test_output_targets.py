@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import stat
 
 import pytest
@@ -25,7 +24,7 @@ from exlx_autocfg.emitters.yaml_merge import merge_yaml
 from exlx_autocfg.errors import OutputError, SpecialFileError
 from exlx_autocfg.profile.format import profile_from_plan, write_profile
 from tests.support.emit_samples import turing_plan
-from tests.support.files import user_files
+from tests.support.files import tmp_leftovers, user_files
 from tests.support.profile_samples import facts, gpu_2080ti
 
 NULL = os.makedev(1, 3)
@@ -36,20 +35,7 @@ def profile(tmp_path):
     return write_profile(profile_from_plan(turing_plan(), facts(gpus=[gpu_2080ti()])), tmp_path / "p.toml")
 
 
-@pytest.fixture(autouse=True)
-def no_hang():
-    def alarm(signum, frame):
-        raise TimeoutError("blocked: a special file was opened")
-
-    old = signal.signal(signal.SIGALRM, alarm)
-    signal.alarm(20)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
-
-
-def leftovers(directory):
-    return [name for name in os.listdir(directory) if name.endswith(".tmp")]
+pytestmark = pytest.mark.usefixtures("no_hang")
 
 
 # ------------------------------------------------------------------------------------------ the policy
@@ -69,7 +55,7 @@ def test_symlink_is_written_through_and_stays_a_link(tmp_path):
     assert real.read_text() == "model:\n  a: 2\n" and stat.S_IMODE(real.stat().st_mode) == 0o640
     assert (tmp_path / "real" / "config.yml.bak").read_text() == "model:\n  a: 1\n"  # beside the target
     assert user_files(tmp_path) == ["config.yml", "real"]
-    assert leftovers(real.parent) == []
+    assert tmp_leftovers(real.parent) == []
 
 
 def test_dangling_symlink_creates_its_target(tmp_path):
@@ -152,7 +138,7 @@ def test_emit_out_full_disk_keeps_the_old_file(profile, tmp_path, monkeypatch, c
     assert run(["emit", "-f", "tabbyapi", str(profile), "--out", str(config)]) == 2
     err = capsys.readouterr().err
     assert err == f"exlx-autocfg: error: cannot write {config}: No space left on device\n"
-    assert config.read_bytes() == before and leftovers(tmp_path) == []
+    assert config.read_bytes() == before and tmp_leftovers(tmp_path) == []
     assert not (tmp_path / "config.yml.bak").exists()  # the backup failed first: nothing was replaced
 
 
@@ -169,7 +155,7 @@ def test_emit_out_interrupted_before_the_rename_keeps_the_old_file(profile, tmp_
 
     monkeypatch.setattr(os, "replace", interrupted)
     assert run(["emit", "-f", "textgen", str(profile), "--out", str(config)]) == 130
-    assert config.read_bytes() == before and leftovers(tmp_path) == []
+    assert config.read_bytes() == before and tmp_leftovers(tmp_path) == []
     assert (tmp_path / "config-user.yaml.bak").read_bytes() == before  # the backup is the old file
 
 
@@ -186,7 +172,7 @@ def test_emit_out_unwritable_backup_leaves_the_target_alone(profile, tmp_path, m
 
     monkeypatch.setattr(os, "replace", refuse_bak)
     assert run(["emit", "-f", "env", str(profile), "--out", str(config)]) == 2
-    assert config.read_bytes() == before and leftovers(tmp_path) == []
+    assert config.read_bytes() == before and tmp_leftovers(tmp_path) == []
 
 
 def test_emit_out_rechecks_the_target_under_the_lock(profile, tmp_path, monkeypatch, capsys):

@@ -26,6 +26,7 @@ from exlx_autocfg.profile.format import (
     write_profile,
 )
 from tests.support import profile_samples as samples
+from tests.support.files import tmp_leftovers
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -151,10 +152,6 @@ def test_default_location_is_one_file_per_model_and_machine(tmp_path, monkeypatc
 # --- atomic writes ------------------------------------------------------------------------------------
 
 
-def leftovers(directory: Path) -> list[str]:
-    return sorted(p.name for p in directory.iterdir() if p.name.endswith(".tmp"))
-
-
 def test_write_replaces_only_with_a_complete_profile(tmp_path, monkeypatch):
     path = tmp_path / "p.toml"
     write_profile(sample_profile(max_seq_len=8192), path)
@@ -167,7 +164,7 @@ def test_write_replaces_only_with_a_complete_profile(tmp_path, monkeypatch):
     with pytest.raises(ProfileError, match=r"cannot write profile .*No space left on device"):
         write_profile(sample_profile(max_seq_len=4096), path)
     assert path.read_bytes() == before
-    assert leftovers(tmp_path) == []
+    assert tmp_leftovers(tmp_path) == []
 
 
 def test_invalid_profile_is_never_written(tmp_path):
@@ -178,7 +175,7 @@ def test_invalid_profile_is_never_written(tmp_path):
     bad.settings.max_seq_len = -1
     with pytest.raises(ProfileError, match=r"settings\.max_seq_len"):
         write_profile(bad, path)
-    assert path.read_bytes() == before and leftovers(tmp_path) == []
+    assert path.read_bytes() == before and tmp_leftovers(tmp_path) == []
 
 
 def test_unwritable_directory_is_one_clear_error(tmp_path):
@@ -200,7 +197,7 @@ def test_interrupted_write_keeps_old_file(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "replace", interrupted)
     with pytest.raises(KeyboardInterrupt):
         write_profile(sample_profile(max_seq_len=4096), path)
-    assert path.read_bytes() == before and leftovers(tmp_path) == []
+    assert path.read_bytes() == before and tmp_leftovers(tmp_path) == []
 
 
 WRITER = textwrap.dedent("""
@@ -235,7 +232,7 @@ def test_concurrent_writers_never_expose_a_partial_profile(tmp_path):
     assert final.request["round"] == 99
     assert final.settings.max_seq_len == 256 * (final.request["writer"] + 1)
     assert reads > 20 and len(seen) > 1
-    assert leftovers(tmp_path) == []
+    assert tmp_leftovers(tmp_path) == []
 
 
 def test_replacing_keeps_the_file_mode(tmp_path):

@@ -22,6 +22,7 @@ import yaml
 from exlx_autocfg.emitters.textgen import entry_key
 from exlx_autocfg.profile.format import profile_from_plan, write_profile
 from tests.support.emit_samples import model, turing_plan
+from tests.support.files import tmp_leftovers
 from tests.support.profile_samples import facts, gpu_2080ti
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -88,5 +89,4 @@ def concurrent_textgen_emits(workdir: Path, writers: int, per_writer: int, *,
     doc = yaml.safe_load(target.read_text()) or {}
     kept = sum(1 for name in names if entry_key(name) in doc)
     assert doc.get("default") == {"truncation_length": 2048}, "a writer lost the user's own entry"
-    leftovers = sorted(p.name for p in workdir.iterdir() if p.name.endswith(".tmp"))
-    return Outcome(expected=len(names), kept=kept, exit_codes=codes, leftovers=leftovers)
+    return Outcome(expected=len(names), kept=kept, exit_codes=codes, leftovers=tmp_leftovers(workdir))
