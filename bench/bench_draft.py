@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from exlx_autocfg.cli import run
 from exlx_autocfg.model.catalog import catalog_config
-from exlx_autocfg.model.safetensors import write_header_only
+from tests.support.adapters import make_adapter
 
 MIB = 1024**2
 MODEL = "qwen2.5-72b@4.25bpw"
@@ -46,27 +46,12 @@ def plan_json(*args: str) -> dict:
 
 
 def write_lora(root: Path, rank: int) -> Path:
-    """A PEFT LoRA for Qwen2.5-72B on every linear of every layer, header only."""
-    cfg = catalog_config("qwen2.5-72b")
-    h, inter, heads = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_attention_heads"]
-    kv = cfg["num_key_value_heads"]
-    hd = h // heads
-    dims = {"q_proj": ("self_attn", h, heads * hd), "k_proj": ("self_attn", h, kv * hd),
-            "v_proj": ("self_attn", h, kv * hd), "o_proj": ("self_attn", heads * hd, h),
-            "gate_proj": ("mlp", h, inter), "up_proj": ("mlp", h, inter), "down_proj": ("mlp", inter, h)}
-    tensors = []
-    for layer in range(cfg["num_hidden_layers"]):
-        for name, (part, i, o) in dims.items():
-            key = f"base_model.model.model.layers.{layer}.{part}.{name}"
-            tensors += [(f"{key}.lora_A.weight", "BF16", (rank, i)),
-                        (f"{key}.lora_B.weight", "BF16", (o, rank))]
-    d = root / f"qwen72b-r{rank}"
-    d.mkdir()
-    (d / "adapter_config.json").write_text(json.dumps({
-        "peft_type": "LORA", "r": rank, "lora_alpha": 2 * rank, "target_modules": list(dims),
-        "base_model_name_or_path": "Qwen/Qwen2.5-72B-Instruct"}))
-    write_header_only(d / "adapter_model.safetensors", tensors, {"format": "pt"})
-    return d
+    """A PEFT LoRA for Qwen2.5-72B on every linear of every layer, header only (tests/support/adapters.py)."""
+    base = root / "qwen2.5-72b"
+    base.mkdir()
+    (base / "config.json").write_text(json.dumps(catalog_config("qwen2.5-72b")))
+    return make_adapter(root, base, name=f"qwen72b-r{rank}", r=rank,
+                        config={"base_model_name_or_path": "Qwen/Qwen2.5-72B-Instruct"})
 
 
 def main() -> None:
