@@ -116,7 +116,7 @@ def test_tensor_parallel_settings_rules():
         validate_settings(s)
 
 
-def test_staleness_covers_the_draft_and_the_adapters(dirs, tmp_path):
+def test_staleness_covers_the_draft_and_the_adapters(tmp_path):
     main = make_model_dir(tmp_path, "qwen2.5-7b", bpw=4.0, name="main")
     draft = make_model_dir(tmp_path, "qwen2.5-0.5b", bpw=4.0, name="draft")
     lora = make_adapter(tmp_path / "loras", main, name="l", r=4, layers=2)

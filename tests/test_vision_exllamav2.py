@@ -111,7 +111,7 @@ def test_image_transient_matches_the_real_process_on_the_matmul_path(dirs, name)
     assert ours <= peak <= ours + 8 * patches, (phases, peak)
 
 
-def test_flash_path_is_far_smaller_than_matmul_at_qwen25_vl_max_pixels(tmp_path):
+def test_flash_path_is_far_smaller_than_matmul_at_qwen25_vl_max_pixels():
     spec = load_model_spec("qwen2.5-vl-7b")
     assert spec.vision.max_image_patches == 65536  # 3584 x 3584 pixels at max_pixels 12845056
     flash = vision.image_transient_bytes(spec, "flash_attn")

@@ -13,7 +13,6 @@ PREFIX = "base_model.model."
 ALL = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-
 def make_adapter(
     root: Path,
     base_dir: Path,

@@ -76,7 +76,7 @@ class _Server(ThreadingHTTPServer):
 
 def files_of(directory: Path) -> dict[str, Path | bytes]:
     """A model directory (tests/support/model_dirs.py make_model_dir) as the files of one branch."""
-    files: dict[str, Path | bytes] = {".gitattributes": GITATTRIBUTES, "README.md": README}
+    files = readme_only()
     files.update({p.name: p for p in sorted(Path(directory).iterdir()) if p.is_file()})
     return files
 

@@ -14,6 +14,7 @@ from exlx_autocfg.findings import Finding
 from exlx_autocfg.model.spec import ModelSummary
 from exlx_autocfg.planner.types import Plan, PlanGPU, Reason
 from exlx_autocfg.settings import Settings
+from tests.support.emit_samples import SETTINGS_FIELDS
 
 MIB = 1024**2
 XF_PATHS_026 = {
@@ -79,8 +80,7 @@ def plan(backend: str = "sdpa", cache_mode: str = "Q6", max_seq_len: int = 16384
     """A Plan; keyword arguments are Settings fields (the switches follow `backend` unless given) or Plan
     fields."""
     gpus = gpus if gpus is not None else [gpu_2080ti()]
-    fields = {f.name for f in dataclasses.fields(Settings)}
-    settings_kw = {k: kw.pop(k) for k in list(kw) if k in fields}
+    settings_kw = {k: kw.pop(k) for k in list(kw) if k in SETTINGS_FIELDS}
     p = Plan(
         model=ModelSummary(name="Llama-3.1-8B-exl2", path=model_path, architecture="LlamaForCausalLM",
                            layers=32, hidden_size=4096, attention_heads=32, kv_heads=8, head_dim=128,
