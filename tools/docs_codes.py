@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from exlx_autocfg.findings import CODES
+from tools.generated import write_or_check
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "codes.md"
 
@@ -58,18 +59,7 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    text = render()
-    if "--check" in argv:
-        if not DOC.exists() or DOC.read_text(encoding="utf-8") != text:
-            print(f"{DOC} is out of date: run python -m tools.docs_codes", file=sys.stderr)
-            return 1
-        return 0
-    tmp = DOC.with_suffix(".md.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(DOC)
-    print(f"wrote {DOC}")
-    return 0
+    return write_or_check(DOC, render(), "tools.docs_codes", argv)
 
 
 if __name__ == "__main__":

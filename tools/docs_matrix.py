@@ -16,6 +16,7 @@ from exlx_autocfg.data import load_data
 from exlx_autocfg.facts.what_if import gpu_table, what_if_facts
 from exlx_autocfg.planner.backends import BackendQuery, rules, select
 from exlx_autocfg.xformers_releases import xformers_releases
+from tools.generated import write_or_check
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "compat-matrix.md"
 
@@ -193,20 +194,7 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    text = render()
-    if "--check" in argv:
-        current = DOC.read_text(encoding="utf-8") if DOC.exists() else ""
-        if current != text:
-            print(f"{DOC} is out of date: run python -m tools.docs_matrix", file=sys.stderr)
-            return 1
-        return 0
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    tmp = DOC.with_suffix(".md.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(DOC)
-    print(f"wrote {DOC}")
-    return 0
+    return write_or_check(DOC, render(), "tools.docs_matrix", argv)
 
 
 if __name__ == "__main__":
