@@ -9,6 +9,7 @@ planner/vision.py); the catalog lays out their tensors (model/layout.py).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from exlx_autocfg.model.architectures import ArchParams
@@ -65,6 +66,13 @@ class ModuleNode:
         return self.kind in ("attn", "parallel_decoder")
 
 
+def _norm_keys(key: str, km: Mapping[str, str], name: str) -> list[str]:
+    """The block's input norm (`name`) and, where the architecture has one, its post-norm (`name`_post)."""
+    if not (km.get(name) or km.get(f"{name}_post")):
+        return []
+    return [key + km[name], *([key + km[f"{name}_post"]] if km.get(f"{name}_post") else [])]
+
+
 def _attn(
     key: str,
     layer: int,
@@ -82,11 +90,7 @@ def _attn(
     rope_index: int = 0,
 ) -> ModuleNode:
     km = ap.keys
-    norms: list[str] = []
-    if has_norm and (km.get("norm_1") or km.get("norm_1_post")):
-        norms.append(key + km["norm_1"])
-        if km.get("norm_1_post"):
-            norms.append(key + km["norm_1_post"])
+    norms = _norm_keys(key, km, "norm_1") if has_norm else []
     b, c = heads * head_dim, heads * head_dim + kv_heads * head_dim
     f_key = key + km["fused_qkv"] if km.get("fused_qkv") else None
 
@@ -132,11 +136,7 @@ def _mlp(
     pad32: bool = True,
 ) -> ModuleNode:
     km = ap.keys
-    norms: list[str] = []
-    if has_norm and (km.get("norm_2") or km.get("norm_2_post")):
-        norms.append(key + km["norm_2"])
-        if km.get("norm_2_post"):
-            norms.append(key + km["norm_2_post"])
+    norms = _norm_keys(key, km, "norm_2") if has_norm else []
     f_key = key + ".mlp." + km["fused_mlp_12"] if km.get("fused_mlp_12") else None
     up_fused = (f_key, (interm, 2 * interm)) if f_key else (None, None)
     linears = [
