@@ -62,10 +62,6 @@ class TableGPU:
         )
 
 
-def rules() -> dict:
-    return exl2.backend_rules()
-
-
 def gpu_table() -> list[TableGPU]:
     rows = load_data("gpus.toml")["gpu"]
     return [TableGPU(**{k: tuple(v) if isinstance(v, list) else v for k, v in row.items()}) for row in rows]
@@ -172,7 +168,7 @@ def _library(name: str, version: str, *, rocm: bool) -> LibraryFacts:
     build: dict[str, str] = {}
     if name == "torch":
         if not local:
-            local = rules()["what_if"]["default_build"]["rocm" if rocm else "cuda"]
+            local = exl2.backend_rules()["what_if"]["default_build"]["rocm" if rocm else "cuda"]
         m = re.match(r"(cu|rocm)(\d+(?:\.\d+)*)", local)
         if m and m.group(1) == "cu":
             digits = m.group(2)
@@ -193,7 +189,7 @@ def recommended_libraries(gpus: list[GPU]) -> dict[str, str]:
     """The attention libraries a what-if plan assumes for these GPUs (`what_if.recommended` in the rules):
     the ones a user would install for them, so that `--gpu 3090` plans with flash-attn, not matmul."""
     out: dict[str, str] = {}
-    for name, row in rules()["what_if"].get("recommended", {}).items():
+    for name, row in exl2.backend_rules()["what_if"].get("recommended", {}).items():
         min_cc = cc_of(row["min_cc"])
         if gpus and all(g.vendor == row["vendor"] and g.cc is not None and g.cc >= min_cc for g in gpus):
             out[name] = row["version"]
@@ -249,7 +245,7 @@ def what_if_facts(
                                              note=order.message if order else None)
     rocm = any(g.vendor == "amd" for g in facts.gpu.gpus)
     if base is None:
-        stack = {"exllamav2": exl2.LATEST, **rules()["what_if"]["default_stack"]}
+        stack = {"exllamav2": exl2.LATEST, **exl2.backend_rules()["what_if"]["default_stack"]}
         for name, version in stack.items():
             if name != "source":
                 facts.libraries[name] = _library(name, version, rocm=rocm)
@@ -266,7 +262,7 @@ def what_if_facts(
         facts.libraries["torch"].details.setdefault(
             "hip_version",
             facts.libraries["torch"].build.get("rocm")
-            or rules()["what_if"]["default_build"]["rocm"].removeprefix("rocm"),
+            or exl2.backend_rules()["what_if"]["default_build"]["rocm"].removeprefix("rocm"),
         )
     # Derive what a probe would have measured, for the libraries the what-if replaced.
     assumed = {parse_assume(s)[0] for s in assume or []}

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from exlx_autocfg import exl2
-from exlx_autocfg.data import load_data
 from exlx_autocfg.errors import BackendRefusedError, UsageError
 from exlx_autocfg.facts.derived import derived_details
 from exlx_autocfg.facts.types import GPU, Facts
@@ -33,8 +32,7 @@ NOT_INSTALLED = frozenset(
 )
 
 
-def rules() -> dict[str, Any]:
-    return load_data("backends.toml")
+rules = exl2.backend_rules  # profiles/backends.toml, read once (exl2 owns it)
 
 
 def gives_wrong_output(findings: list[Finding]) -> Finding | None:
