@@ -135,7 +135,8 @@ def emit(
     check_options(fmt, shell, script)  # before any planning or probing
     if out is not None:
         _check_target(_target_path(out, fmt, shell))
-    if _is_profile(source):
+    from_profile = _is_profile(source)
+    if from_profile:
         given = [name for name, value in (("--gpu", gpu), ("--assume", assume), ("--context", context),
                                           ("--cache", cache), ("--backend", backend),
                                           ("--min-cache-precision", min_cache_precision),
@@ -165,7 +166,7 @@ def emit(
             batch_size=batch_size, chunk_size=chunk_size)
         machine_gpus = len(facts.gpu.gpus)
 
-    result = render(emit_source, fmt, shell=shell, script=script, include_plan=not _is_profile(source),
+    result = render(emit_source, fmt, shell=shell, script=script, include_plan=not from_profile,
                     machine_gpu_count=machine_gpus)
     for note in result.notes:
         print(f"exlx-autocfg: note: {note}", file=sys.stderr)
