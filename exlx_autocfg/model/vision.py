@@ -29,34 +29,35 @@ PROCESSOR_TYPES: dict[str, tuple[str, ...]] = {
 QWEN25_MERGER_INTERMEDIATE = 5120  # config.py L591: hard-coded for qwen2.5 ("doesn't seem to appear")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class VisionSpec:
     """What ExLlamaV2Config holds about the vision tower (`vision_*` attributes), plus the largest image the
-    preprocessor produces (`max_image_*`, from preprocessor_config.json)."""
+    preprocessor produces (`max_image_*`, from preprocessor_config.json). The fields one tower type reads
+    default to None for the others."""
 
     model_type: str  # siglip_vision_model | pixtral | qwen2 | qwen2.5
     num_layers: int
     hidden_size: int
     intermediate_size: int
-    merger_intermediate_size: int | None
+    merger_intermediate_size: int | None = None
     num_attention_heads: int
     num_key_value_heads: int
     head_dim: int
     patch_size: int  # square patches (height == width, checked)
-    temporal_patch_size: int | None  # qwen: Conv3d over this many frames
+    temporal_patch_size: int | None = None  # qwen: Conv3d over this many frames
     spatial_merge_size: int
-    spatial_patch_size: int | None  # qwen
-    rope_theta: float | None
-    num_channels: int
+    spatial_patch_size: int | None = None  # qwen
+    rope_theta: float | None = None
+    num_channels: int = 3
     image_processor_type: str
-    multimodal_projector_bias: bool | None
-    mm_tokens_per_image: int | None  # siglip (Gemma 3)
-    window_size: int | None  # qwen2.5 windowed attention
-    fullatt_block_indexes: tuple[int, ...] | None  # qwen2.5 layers with full attention
-    size: tuple[int, int] | None  # siglip: the fixed (height, width) every image is resized to
-    longest_edge: int | None  # pixtral
-    min_pixels: int | None  # qwen
-    max_pixels: int | None  # qwen
+    multimodal_projector_bias: bool | None = None
+    mm_tokens_per_image: int | None = None  # siglip (Gemma 3)
+    window_size: int | None = None  # qwen2.5 windowed attention
+    fullatt_block_indexes: tuple[int, ...] | None = None  # qwen2.5 layers with full attention
+    size: tuple[int, int] | None = None  # siglip: the fixed (height, width) every image is resized to
+    longest_edge: int | None = None  # pixtral
+    min_pixels: int | None = None  # qwen
+    max_pixels: int | None = None  # qwen
     max_image_height: int  # the largest preprocessed image, in pixels
     max_image_width: int
 
@@ -127,25 +128,15 @@ def _siglip(rc: Any, rp: Any, processor: str, text_hidden: int, where: str, pwhe
         num_layers=layers,
         hidden_size=hidden,
         intermediate_size=inter,
-        merger_intermediate_size=None,
         num_attention_heads=heads,
         num_key_value_heads=kv,
         head_dim=head_dim,
         patch_size=patch,
-        temporal_patch_size=None,
         spatial_merge_size=1,
-        spatial_patch_size=None,
-        rope_theta=None,
-        num_channels=3,
         image_processor_type=processor,
         multimodal_projector_bias=bias,
         mm_tokens_per_image=tokens,
-        window_size=None,
-        fullatt_block_indexes=None,
         size=(h, w),
-        longest_edge=None,
-        min_pixels=None,
-        max_pixels=None,
         max_image_height=h,
         max_image_width=w,
     )
@@ -203,20 +194,11 @@ def _pixtral(rc: Any, rp: Any, processor: str, text_hidden: int, where: str, pwh
         num_key_value_heads=kv,
         head_dim=head_dim,
         patch_size=patch,
-        temporal_patch_size=None,
         spatial_merge_size=merge,
-        spatial_patch_size=None,
         rope_theta=float(theta),
-        num_channels=3,
         image_processor_type=processor,
         multimodal_projector_bias=bias,
-        mm_tokens_per_image=None,
-        window_size=None,
-        fullatt_block_indexes=None,
-        size=None,
         longest_edge=edge,
-        min_pixels=None,
-        max_pixels=None,
         max_image_height=side,
         max_image_width=side,
     )
@@ -280,14 +262,9 @@ def _qwen(rc: Any, rp: Any, processor: str, model_type: str, where: str, pwhere:
         spatial_merge_size=merge,
         spatial_patch_size=spatial_patch,
         rope_theta=float(theta),
-        num_channels=3,
         image_processor_type=processor,
-        multimodal_projector_bias=None,
-        mm_tokens_per_image=None,
         window_size=window,
         fullatt_block_indexes=full,
-        size=None,
-        longest_edge=None,
         min_pixels=min_pixels,
         max_pixels=max_pixels,
         max_image_height=side,
