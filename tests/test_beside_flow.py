@@ -165,6 +165,8 @@ def test_prepare_builds_the_drafts_real_config_in_exllamav2s_order(exl2, dirs, d
     assert p.loras == [(str(dirs["lora"]), 0.75)]
     assert [n.split(":")[0] for n in p.notes if n.startswith(("draft", "LoRA"))] == [
         f"draft {s.draft.name}", "LoRA style"]
+    assert ("the settings' shape rules were re-checked, their memory was not: the re-check places the model "
+            "alone, and these settings load a draft model and LoRA adapters with it") in p.notes
     model, draft = exl2.ExLlamaV2(p.config), exl2.ExLlamaV2(dc)
     cache, dcache = p.make_cache(model, lazy=True), p.make_draft_cache(draft, lazy=True)
     assert cache.max_seq_len == dcache.max_seq_len == s.max_seq_len

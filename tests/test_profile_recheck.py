@@ -189,3 +189,23 @@ def test_a_schema_1_profile_is_rechecked_as_well(model_dir, tmp_path):
     profile = read_profile(tmp_path / "p.toml")
     profile.settings.max_seq_len = 4 * 1024 * 1024
     assert [f.code for f in settings_problems(profile, spec)] == ["settings.does_not_fit"]
+
+
+def test_verify_says_when_the_memory_recheck_leaves_the_draft_out(model_dir, tmp_path, no_probe, capsys):
+    """The memory re-check places the model alone: a profile that loads a draft beside it gets its shape rules
+    re-checked, and verify says that its memory was not (it used to pass over it without a word)."""
+    main = make_model_dir(tmp_path, "qwen2.5-7b", bpw=4.0, name="main")
+    draft = make_model_dir(tmp_path, "qwen2.5-0.5b", bpw=4.0, name="draft")
+    path = tmp_path / "d.toml"
+    assert run(["profile", str(main), "--gpu", "3090", "--context", "8192", "--draft", str(draft),
+                "--out", str(path)]) == 0
+    capsys.readouterr()
+    edit(path, "max_seq_len = 8192", "max_seq_len = 1048576")
+    run(["verify", str(path), "--json"])
+    note = json.loads(capsys.readouterr().out)["note"]
+    assert "their memory was not" in note and "load a draft model with it" in note, note
+    plain = tmp_path / "p.toml"
+    assert run(["profile", str(model_dir), "--gpu", "3090", "--context", "8192", "--out", str(plain)]) == 0
+    capsys.readouterr()
+    run(["verify", str(plain), "--json"])
+    assert "memory was not" not in (json.loads(capsys.readouterr().out)["note"] or "")

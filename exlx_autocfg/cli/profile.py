@@ -150,12 +150,14 @@ def verify_command(
         fingerprint = spec.fingerprint if spec is not None and profile.computed_for.model.dir else None
         changes = find_changes(profile, facts, fingerprint, model_dir_exists=exists, companions=stamps)
     # The settings as they are in the file (hand edits included), re-checked with the memory model.
+    from exlx_autocfg.planner.evaluate import memory_recheck_skipped
     from exlx_autocfg.profile.recheck import settings_problems
 
     problems = settings_problems(profile, spec) if spec is not None else []
     if spec is None:
-        unchecked = "the settings were not re-checked: the model could not be read"
-        note = _also(note, unchecked)
+        note = _also(note, "the settings were not re-checked: the model could not be read")
+    else:
+        note = _also(note, memory_recheck_skipped(profile.settings))
     if as_json:
         typer.echo(json.dumps({
             "profile": str(profile_path),

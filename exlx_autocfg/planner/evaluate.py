@@ -28,6 +28,19 @@ MIB = 1024**2
 GIB = 1024**3
 
 
+def memory_recheck_skipped(settings: Settings) -> str | None:
+    """Why the memory re-check does not cover `settings` (None: it does). It places the model alone,
+    layer by layer: a TP split, a draft loaded first or adapter bytes would need their own files re-read
+    (verify reports a changed draft or adapter as stale; the loader rejudges them)."""
+    beside = [what for what, on in (("tensor parallelism", settings.tensor_parallel),
+                                    ("a draft model", settings.draft is not None),
+                                    ("LoRA adapters", bool(settings.loras))) if on]
+    if not beside:
+        return None
+    return (f"the settings' shape rules were re-checked, their memory was not: the re-check places the model "
+            f"alone, and these settings load {' and '.join(beside)} with it")
+
+
 def evaluate_settings(
     spec: Any,
     gpus: Sequence[Any],
@@ -61,10 +74,7 @@ def evaluate_settings(
             entries=len(s.gpu_split), gpus=len(gpus),
         ))
         return problems  # no placement to evaluate
-    if not gpus or s.tensor_parallel or s.draft is not None or s.loras:
-        # The memory re-check places the model alone, layer by layer: a TP split, a draft loaded first or
-        # adapter bytes would need their own files re-read (verify reports a changed draft or adapter as
-        # stale; the loader rejudges them).
+    if not gpus or memory_recheck_skipped(s):
         return problems
     reserve = reserve_of(overheads or memory.DEFAULT_OVERHEADS)
     budgets = [g.memory_total - margin_mib * MIB for g in gpus]

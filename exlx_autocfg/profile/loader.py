@@ -209,9 +209,13 @@ def prepare(
         notes.append("overrides: " + ", ".join(f"{k}={v!r}" for k, v in sorted(overrides.items())))
     # The settings as they are (hand edits and overrides included), re-checked with the memory model against
     # the GPUs the profile was made for: an edit that cannot work is refused before anything is loaded.
+    from exlx_autocfg.planner.evaluate import memory_recheck_skipped
     from exlx_autocfg.profile.recheck import settings_problems
 
     problems = settings_problems(prof, spec, settings)
+    skipped = memory_recheck_skipped(settings)
+    if skipped:
+        notes.append(skipped)
     if problems:
         where = f"profile {path}" if path else "the profile"
         what = "; ".join(f.message for f in problems)
